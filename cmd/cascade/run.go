@@ -1,0 +1,70 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/cascade-cdn/cascade/node"
+)
+
+// drainTime is how long SIGTERM waits, answering 503 to new sessions,
+// before closing the ones in progress.
+const drainTime = 2 * time.Second
+
+// run is main without os.Exit, so tests can call it.
+func run(args, environ []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && (args[0] == "origin" || args[0] == "edge") {
+		fmt.Fprintf(stderr, "cascade %s: separate origin and edge roles are not built yet; run `cascade` for the all-in-one node\n", args[0])
+		return 2
+	}
+	cfg, rest, err := load(args, environ, stdout)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "cascade: %v\n", err)
+		return 2
+	}
+	if len(rest) > 0 {
+		fmt.Fprintf(stderr, "cascade: unexpected arguments %q (see --help)\n", rest)
+		return 2
+	}
+	log := newLogger(cfg.Log, stderr)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	n, err := node.New(cfg.Config, log)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	u := n.URL()
+	fmt.Fprintf(stdout, "Cascade is running.\n  streams:  %s/\n  publish:  %s/publish/live\n  watch:    %s/watch/live\n  WHIP:     %s/whip/live   (OBS: Settings > Stream > WHIP)\n  metrics:  %s/metrics\n", u, u, u, u, u)
+
+	<-ctx.Done()
+	stop()
+	log.Info("shutting down: draining", "for", drainTime)
+	n.Drain()
+	time.Sleep(drainTime)
+	n.Close()
+	log.Info("stopped")
+	return 0
+}
+
+func newLogger(c LogConfig, w io.Writer) *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(c.Level)) // validated by load
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

@@ -1,0 +1,219 @@
+// Package node assembles a Cascade node from its parts: the WebRTC engine,
+// the stream registry, WHIP ingest, WHEP playback, the JSON API, the web
+// pages and the metrics, behind one HTTP handler. cmd/cascade parses
+// configuration and calls it; tests build whole nodes in-process with it.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/cascade-cdn/cascade/api"
+	"github.com/cascade-cdn/cascade/edge/whep"
+	"github.com/cascade-cdn/cascade/origin/auth"
+	"github.com/cascade-cdn/cascade/origin/registry"
+	"github.com/cascade-cdn/cascade/origin/whip"
+	"github.com/cascade-cdn/cascade/peer"
+	"github.com/cascade-cdn/cascade/web"
+	"github.com/cascade-cdn/cascade/wish"
+)
+
+// Config is a node's configuration; its yaml keys are the contract's
+// configuration keys.
+type Config struct {
+	// HTTP is the address for WHIP, WHEP, the API, the pages and /metrics.
+	HTTP       string           `yaml:"http"`
+	WebRTC     peer.Config      `yaml:"webrtc"`
+	ICEServers []wish.ICEServer `yaml:"ice_servers"`
+	Auth       auth.Config      `yaml:"auth"`
+	Streams    registry.Config  `yaml:"streams"`
+}
+
+// DefaultConfig is the all-in-one node's configuration: publishing is open,
+// which New logs loudly.
+func DefaultConfig() Config {
+	a := auth.DefaultConfig()
+	a.OpenPublish = true
+	return Config{
+		HTTP:    ":8080",
+		WebRTC:  peer.DefaultConfig(),
+		Auth:    a,
+		Streams: registry.DefaultConfig(),
+	}
+}
+
+// TestConfig listens on loopback on ports the system picks, with timers
+// short enough for tests.
+func TestConfig() Config {
+	c := DefaultConfig()
+	c.HTTP = "127.0.0.1:0"
+	c.WebRTC.Listen = "127.0.0.1:0"
+	c.Streams.GracePeriod = 2 * time.Second
+	c.Streams.SilenceTimeout = 2 * time.Second
+	return c
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if _, _, err := net.SplitHostPort(c.HTTP); err != nil {
+		return fmt.Errorf("http: %w", err)
+	}
+	if err := c.WebRTC.Validate(); err != nil {
+		return err
+	}
+	if c.Streams.GracePeriod < 0 || c.Streams.SilenceTimeout <= 0 {
+		return errors.New("streams: grace_period must be >= 0 and silence_timeout > 0")
+	}
+	for name := range c.Auth.PublishKeys {
+		if !wish.ValidStreamName(name) {
+			return fmt.Errorf("auth.publish_keys: %q is not a valid stream name", name)
+		}
+	}
+	return nil
+}
+
+// Node is a running all-in-one node.
+type Node struct {
+	cfg  Config
+	log  *slog.Logger
+	eng  *peer.Engine
+	reg  *registry.Registry
+	whip *wish.Handler
+	whep *wish.Handler
+	api  *api.API
+	ln   net.Listener
+	srv  *http.Server
+
+	closeOnce sync.Once
+	served    chan struct{}
+}
+
+// New starts a node: it binds every port before returning, so its
+// addresses are known, and serves HTTP in the background.
+func New(cfg Config, log *slog.Logger) (n *Node, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	n = &Node{cfg: cfg, log: log, served: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			n.Close()
+		}
+	}()
+	pr := prometheus.NewRegistry()
+	pr.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	if n.eng, err = peer.New(cfg.WebRTC, log); err != nil {
+		return nil, err
+	}
+	n.reg = registry.New(cfg.Streams, pr, log)
+	if cfg.Auth.OpenPublish {
+		log.Warn("publishing is open: any stream without a key in auth.publish_keys may be published by anyone (auth.open_publish)")
+	}
+	wm := wish.NewMetrics(pr)
+	n.whip = wish.New("whip", whip.New(n.eng, n.reg, cfg.Auth, pr, log), cfg.ICEServers, wm, log)
+	n.whep = wish.New("whep", whep.New(n.eng, streams{n.reg}, pr, log), cfg.ICEServers, wm, log)
+	n.api = api.New(n.reg, log)
+
+	mux := http.NewServeMux()
+	n.whip.Register(mux)
+	n.whep.Register(mux)
+	n.api.Register(mux)
+	web.Register(mux)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(pr, promhttp.HandlerOpts{Registry: pr}))
+
+	if n.ln, err = net.Listen("tcp", cfg.HTTP); err != nil {
+		return nil, fmt.Errorf("http: %w", err)
+	}
+	n.srv = &http.Server{
+		Handler:           instrument(pr, mux),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	go func() {
+		defer close(n.served)
+		if err := n.srv.Serve(n.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server", "err", err)
+		}
+	}()
+	log.Info("node started", "http", n.ln.Addr().String(), "webrtc", n.eng.UDPAddr().String())
+	return n, nil
+}
+
+// HTTPAddr is the bound HTTP address.
+func (n *Node) HTTPAddr() net.Addr { return n.ln.Addr() }
+
+// URL is the base URL of the HTTP server, for logs and tests.
+func (n *Node) URL() string {
+	a := n.ln.Addr().(*net.TCPAddr)
+	host := a.IP.String()
+	if a.IP.IsUnspecified() {
+		host = "localhost"
+	}
+	return fmt.Sprintf("http://%s", net.JoinHostPort(host, fmt.Sprint(a.Port)))
+}
+
+// Drain starts a graceful shutdown: /readyz fails and new WHIP/WHEP POSTs
+// get 503, while existing sessions go on.
+func (n *Node) Drain() {
+	n.api.Drain()
+	n.whip.Drain()
+	n.whep.Drain()
+}
+
+// Close drains, closes every session and stream, and stops serving.
+// Idempotent; safe after a failed New.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		if n.api != nil {
+			n.Drain()
+		}
+		if n.whep != nil {
+			n.whep.Close()
+		}
+		if n.whip != nil {
+			n.whip.Close()
+		}
+		if n.reg != nil {
+			n.reg.Close()
+		}
+		if n.srv != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			n.srv.Shutdown(ctx)
+			cancel()
+			<-n.served
+		}
+		if n.eng != nil {
+			n.eng.Close()
+		}
+	})
+	return nil
+}
+
+// streams adapts the registry to what WHEP needs, so edge code never
+// imports origin code.
+type streams struct{ reg *registry.Registry }
+
+func (s streams) Lookup(name string) (whep.Source, bool) {
+	st := s.reg.Get(name)
+	if st == nil {
+		return whep.Source{}, false
+	}
+	return whep.Source{Video: st.Video, Audio: st.Audio, AddViewers: st.AddViewers}, true
+}
+
+// Sessions returns the open WHIP and WHEP sessions.
+func (n *Node) Sessions() (publishers, viewers int) { return n.whip.Sessions(), n.whep.Sessions() }

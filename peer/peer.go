@@ -1,0 +1,343 @@
+// Package peer builds the pion WebRTC plumbing that WHIP and WHEP sessions
+// share: one UDP port for every peer (ICE UDP mux), ICE-TCP on the same port
+// number, NAT 1:1 addresses, ICE timers, the codecs and interceptors of each
+// direction, and the SDP answer rules of the contract.
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/pion/ice/v4"
+	"github.com/pion/interceptor"
+	"github.com/pion/interceptor/pkg/report"
+	"github.com/pion/sdp/v3"
+	"github.com/pion/webrtc/v4"
+)
+
+// Config is the WebRTC transport configuration (config key "webrtc").
+type Config struct {
+	// Listen is the UDP address for every peer; ICE-TCP listens on the same
+	// address and port.
+	Listen string `yaml:"listen"`
+	// PublicHosts are IPs or host names announced in candidates instead of
+	// the local addresses (NAT 1:1), for a server behind a firewall.
+	PublicHosts []string `yaml:"public_hosts"`
+	// TCP enables ICE-TCP.
+	TCP bool `yaml:"tcp"`
+	// HandshakeTimeout closes a session whose ICE and DTLS have not
+	// completed in time.
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+	// ICEFailedTimeout closes a session that has heard nothing from its peer
+	// (no consent checks, no media) for this long.
+	ICEFailedTimeout time.Duration `yaml:"ice_failed_timeout"`
+}
+
+// DefaultConfig returns the contract's defaults.
+func DefaultConfig() Config {
+	return Config{
+		Listen:           ":8189",
+		TCP:              true,
+		HandshakeTimeout: 15 * time.Second,
+		ICEFailedTimeout: 10 * time.Second,
+	}
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return fmt.Errorf("webrtc.listen: %w", err)
+	}
+	if c.HandshakeTimeout <= 0 || c.ICEFailedTimeout <= 0 {
+		return errors.New("webrtc: timeouts must be positive")
+	}
+	return nil
+}
+
+// PublisherH264Profiles are the H.264 profile-level-ids accepted from
+// publishers (pion matches on profile_idc and constraint flags). OBS sends
+// High by default; browsers send constrained baseline.
+var PublisherH264Profiles = []string{"42e01f", "42001f", "42c01f", "4d001f", "4d401f", "64001f", "640c1f"}
+
+// ViewerH264Profile is what viewers are always offered (DESIGN.md).
+const ViewerH264Profile = "42e01f"
+
+// Engine owns the shared sockets and the two pion APIs.
+type Engine struct {
+	cfg       Config
+	udp       net.PacketConn
+	tcp       net.Listener
+	udpMux    ice.UDPMux
+	tcpMux    ice.TCPMux
+	publisher *webrtc.API
+	viewer    *webrtc.API
+	log       *slog.Logger
+}
+
+// New opens the UDP (and TCP) port and builds the APIs.
+func New(cfg Config, log *slog.Logger) (*Engine, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	e := &Engine{cfg: cfg, log: log.With("component", "webrtc")}
+	var err error
+	e.udp, err = net.ListenPacket("udp4", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("webrtc: listen udp: %w", err)
+	}
+	if got := growBuffers(e.udp); got < socketBuffer {
+		e.log.Warn("UDP receive buffer is small; raise net.core.rmem_max to avoid packet loss under load",
+			"bytes", got, "wanted", socketBuffer)
+	}
+	lf := LoggerFactory(log)
+	e.udpMux = webrtc.NewICEUDPMux(lf.NewLogger("ice-udp"), e.udp)
+	if cfg.TCP {
+		// ICE-TCP on the same port number as UDP, so two firewall holes do.
+		e.tcp, err = net.Listen("tcp4", e.udp.LocalAddr().String())
+		if err != nil {
+			e.Close()
+			return nil, fmt.Errorf("webrtc: listen tcp: %w", err)
+		}
+		e.tcpMux = ice.NewTCPMuxDefault(ice.TCPMuxParams{
+			Listener: e.tcp, Logger: lf.NewLogger("ice-tcp"), ReadBufferSize: 64,
+			WriteBufferSize: 4 << 20, FirstStunBindTimeout: cfg.HandshakeTimeout,
+		})
+	}
+	public, err := resolveHosts(cfg.PublicHosts)
+	if err != nil {
+		e.Close()
+		return nil, err
+	}
+	if e.publisher, err = e.api(publisherMedia, publisherInterceptors, public, lf); err != nil {
+		e.Close()
+		return nil, err
+	}
+	if e.viewer, err = e.api(viewerMedia, viewerInterceptors, public, lf); err != nil {
+		e.Close()
+		return nil, err
+	}
+	return e, nil
+}
+
+func resolveHosts(hosts []string) ([]string, error) {
+	var ips []string
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			ips = append(ips, ip.String())
+			continue
+		}
+		addrs, err := net.LookupHost(h)
+		if err != nil {
+			return nil, fmt.Errorf("webrtc.public_hosts: resolve %q: %w", h, err)
+		}
+		for _, a := range addrs {
+			if ip := net.ParseIP(a); ip != nil && ip.To4() != nil {
+				ips = append(ips, a)
+			}
+		}
+	}
+	return ips, nil
+}
+
+func (e *Engine) api(media func(*webrtc.MediaEngine) error, icp func(*webrtc.MediaEngine, *interceptor.Registry) error, public []string, lf *slogFactory) (*webrtc.API, error) {
+	m := &webrtc.MediaEngine{}
+	if err := media(m); err != nil {
+		return nil, fmt.Errorf("webrtc: codecs: %w", err)
+	}
+	ir := &interceptor.Registry{}
+	if err := icp(m, ir); err != nil {
+		return nil, fmt.Errorf("webrtc: interceptors: %w", err)
+	}
+	se := webrtc.SettingEngine{LoggerFactory: lf}
+	se.SetICEUDPMux(e.udpMux)
+	types := []webrtc.NetworkType{webrtc.NetworkTypeUDP4}
+	if e.tcpMux != nil {
+		se.SetICETCPMux(e.tcpMux)
+		types = append(types, webrtc.NetworkTypeTCP4)
+	}
+	se.SetNetworkTypes(types)
+	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
+	// Media arriving is consent too; keepalives every 2 s let a peer that
+	// vanished be noticed within the failed timeout.
+	se.SetICETimeouts(e.cfg.ICEFailedTimeout/2, e.cfg.ICEFailedTimeout, 2*time.Second)
+	if host, _, _ := net.SplitHostPort(e.cfg.Listen); host != "" && host != "0.0.0.0" {
+		// Bound to one address: announce that one only (loopback included,
+		// which tests and single-machine setups use).
+		se.SetIncludeLoopbackCandidate(true)
+		se.SetIPFilter(func(ip net.IP) bool { return ip.String() == host })
+	}
+	if len(public) > 0 {
+		se.SetNAT1To1IPs(public, webrtc.ICECandidateTypeHost)
+	}
+	return webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithInterceptorRegistry(ir), webrtc.WithSettingEngine(se)), nil
+}
+
+var videoFeedback = []webrtc.RTCPFeedback{{Type: "nack"}, {Type: "nack", Parameter: "pli"}, {Type: "ccm", Parameter: "fir"}}
+
+func opus() webrtc.RTPCodecParameters {
+	return webrtc.RTPCodecParameters{
+		RTPCodecCapability: webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2, SDPFmtpLine: "minptime=10;useinbandfec=1"},
+		PayloadType:        111,
+	}
+}
+
+func h264(profile string, pt webrtc.PayloadType) webrtc.RTPCodecParameters {
+	return webrtc.RTPCodecParameters{
+		RTPCodecCapability: webrtc.RTPCodecCapability{
+			MimeType: webrtc.MimeTypeH264, ClockRate: 90000,
+			SDPFmtpLine:  "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=" + profile,
+			RTCPFeedback: videoFeedback,
+		},
+		PayloadType: pt,
+	}
+}
+
+func publisherMedia(m *webrtc.MediaEngine) error {
+	for i, p := range PublisherH264Profiles {
+		if err := m.RegisterCodec(h264(p, webrtc.PayloadType(102+2*i)), webrtc.RTPCodecTypeVideo); err != nil {
+			return err
+		}
+	}
+	return m.RegisterCodec(opus(), webrtc.RTPCodecTypeAudio)
+}
+
+func viewerMedia(m *webrtc.MediaEngine) error {
+	if err := m.RegisterCodec(h264(ViewerH264Profile, 102), webrtc.RTPCodecTypeVideo); err != nil {
+		return err
+	}
+	return m.RegisterCodec(opus(), webrtc.RTPCodecTypeAudio)
+}
+
+// publisherInterceptors: NACK generation toward the publisher, receiver
+// reports and TWCC feedback so its encoder can adapt.
+func publisherInterceptors(m *webrtc.MediaEngine, ir *interceptor.Registry) error {
+	return webrtc.RegisterDefaultInterceptors(m, ir)
+}
+
+// viewerInterceptors: sender reports only. NACKs are answered by the
+// session from the track's shared retransmission buffer, not by pion's
+// responder, which keeps 1024 packets per viewer track.
+func viewerInterceptors(_ *webrtc.MediaEngine, ir *interceptor.Registry) error {
+	sr, err := report.NewSenderInterceptor()
+	if err != nil {
+		return err
+	}
+	ir.Add(sr)
+	return nil
+}
+
+// Publisher is the API for WHIP sessions.
+func (e *Engine) Publisher() *webrtc.API { return e.publisher }
+
+// Viewer is the API for WHEP sessions.
+func (e *Engine) Viewer() *webrtc.API { return e.viewer }
+
+// Config returns the engine's configuration.
+func (e *Engine) Config() Config { return e.cfg }
+
+// UDPAddr is the bound UDP address (its port, when Listen asked for 0).
+func (e *Engine) UDPAddr() net.Addr { return e.udp.LocalAddr() }
+
+// Close releases the sockets. Idempotent.
+func (e *Engine) Close() error {
+	if e.udpMux != nil {
+		e.udpMux.Close()
+		e.udpMux = nil
+	}
+	if e.tcpMux != nil {
+		e.tcpMux.Close()
+		e.tcpMux = nil
+	}
+	if e.udp != nil {
+		e.udp.Close()
+	}
+	if e.tcp != nil {
+		e.tcp.Close()
+	}
+	return nil
+}
+
+// Answer applies an offer to pc, creates the answer, waits for the (local,
+// immediate) ICE gathering and returns the answer SDP as the contract wants
+// it: a=rtcp-mux-only on each m-section (RFC 9725 section 4.2), which pion
+// does not write by itself.
+func Answer(ctx context.Context, pc *webrtc.PeerConnection, offer string) (string, error) {
+	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
+		return "", fmt.Errorf("set remote description: %w", err)
+	}
+	answer, err := pc.CreateAnswer(nil)
+	if err != nil {
+		return "", fmt.Errorf("create answer: %w", err)
+	}
+	gathered := webrtc.GatheringCompletePromise(pc)
+	if err := pc.SetLocalDescription(answer); err != nil {
+		return "", fmt.Errorf("set local description: %w", err)
+	}
+	select {
+	case <-gathered:
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	return AddRTCPMuxOnly(pc.LocalDescription().SDP)
+}
+
+// AddRTCPMuxOnly adds a=rtcp-mux-only to every m-section that lacks it.
+func AddRTCPMuxOnly(s string) (string, error) {
+	var d sdp.SessionDescription
+	if err := d.UnmarshalString(s); err != nil {
+		return "", fmt.Errorf("parse answer: %w", err)
+	}
+	for _, m := range d.MediaDescriptions {
+		if _, ok := m.Attribute("rtcp-mux-only"); !ok {
+			m.WithPropertyAttribute("rtcp-mux-only")
+		}
+	}
+	out, err := d.Marshal()
+	if err != nil {
+		return "", err
+	}
+	return string(out), nil
+}
+
+// LocalCandidates returns the a=candidate values (without "a=") of pc's
+// current local description.
+func LocalCandidates(pc *webrtc.PeerConnection) (ufrag, pwd, mid string, cands []string) {
+	ld := pc.LocalDescription()
+	if ld == nil {
+		return
+	}
+	for _, line := range strings.Split(ld.SDP, "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case strings.HasPrefix(line, "a=ice-ufrag:") && ufrag == "":
+			ufrag = line[len("a=ice-ufrag:"):]
+		case strings.HasPrefix(line, "a=ice-pwd:") && pwd == "":
+			pwd = line[len("a=ice-pwd:"):]
+		case strings.HasPrefix(line, "a=mid:") && mid == "":
+			mid = line[len("a=mid:"):]
+		case strings.HasPrefix(line, "a=candidate:") && mid != "" && !contains(cands, line[2:]):
+			cands = append(cands, line[2:])
+		}
+	}
+	return
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// ViewerH264 is the video capability of viewer tracks.
+func ViewerH264() webrtc.RTPCodecCapability { return h264(ViewerH264Profile, 102).RTPCodecCapability }
+
+// ViewerOpus is the audio capability of viewer tracks.
+func ViewerOpus() webrtc.RTPCodecCapability { return opus().RTPCodecCapability }
