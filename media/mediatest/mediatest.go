@@ -43,7 +43,19 @@ func mustHex(s string) []byte {
 
 // API returns a pion API for a client peer restricted to loopback, with
 // pion's default codecs and interceptors (NACK, reports, TWCC).
-func API() (*webrtc.API, error) {
+func API() (*webrtc.API, error) { return NewAPI(Net{}) }
+
+// Net chooses how a client peer reaches the server.
+type Net struct {
+	// TCP makes the peer use ICE-TCP only.
+	TCP bool
+	// Conn, if set, carries all of the peer's UDP: closing it silences the
+	// peer at once, without the DTLS close a PeerConnection.Close sends.
+	Conn net.PacketConn
+}
+
+// NewAPI returns a client pion API using n.
+func NewAPI(n Net) (*webrtc.API, error) {
 	m := &webrtc.MediaEngine{}
 	if err := m.RegisterDefaultCodecs(); err != nil {
 		return nil, err
@@ -54,6 +66,12 @@ func API() (*webrtc.API, error) {
 	}
 	var se webrtc.SettingEngine
 	se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
+	if n.TCP {
+		se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeTCP4})
+	}
+	if n.Conn != nil {
+		se.SetICEUDPMux(webrtc.NewICEUDPMux(nil, n.Conn))
+	}
 	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
 	se.SetIncludeLoopbackCandidate(true)
 	se.SetIPFilter(func(ip net.IP) bool { return ip.IsLoopback() })
@@ -322,6 +340,7 @@ type Viewer struct {
 
 // ViewerOptions shape a viewer.
 type ViewerOptions struct {
+	Net          Net
 	NoCandidates bool
 	// Discard skips the per-packet bookkeeping (load runs count packets only).
 	Discard bool
@@ -329,7 +348,7 @@ type ViewerOptions struct {
 
 // Watch connects a viewer to url (".../whep/stream").
 func Watch(ctx context.Context, url string, o ViewerOptions) (*Viewer, error) {
-	api, err := API()
+	api, err := NewAPI(o.Net)
 	if err != nil {
 		return nil, err
 	}

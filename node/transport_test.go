@@ -1,0 +1,79 @@
+package node
+
+import (
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pion/webrtc/v4"
+
+	"github.com/cascade-cdn/cascade/media/mediatest"
+)
+
+func TestViewerOverICETCP(t *testing.T) {
+	n := startNode(t)
+	publish(t, n, "live", mediatest.PublisherOptions{})
+	// ICE-TCP on the same port number as UDP: a viewer that cannot use UDP.
+	v, err := mediatest.Watch(ctxT(t, 15*time.Second), n.URL()+"/whep/live", mediatest.ViewerOptions{Net: mediatest.Net{TCP: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	eventually(t, "frames over ICE-TCP", 15*time.Second, func() bool { return v.VideoFrames.Load() >= 10 })
+	pair, err := v.PC.SCTP().Transport().ICETransport().GetSelectedCandidatePair()
+	if err != nil || pair == nil {
+		t.Fatalf("no selected candidate pair: %v", err)
+	}
+	if pair.Local.Protocol.String() != "tcp" {
+		t.Errorf("selected pair is %s, want tcp", pair.Local.Protocol)
+	}
+	udpPort := n.eng.UDPAddr().(*net.UDPAddr).Port
+	if int(pair.Remote.Port) != udpPort {
+		t.Errorf("ICE-TCP port %d differs from the UDP port %d", pair.Remote.Port, udpPort)
+	}
+}
+
+func TestPublicHostsInCandidates(t *testing.T) {
+	n := startNode(t, func(c *Config) { c.WebRTC.PublicHosts = []string{"192.0.2.10"} })
+	resp := post(t, n, "/whip/live", "application/sdp", pionOffer(t, webrtc.RTPTransceiverDirectionSendonly), nil)
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 201 {
+		t.Fatalf("POST: %d %s", resp.StatusCode, body)
+	}
+	var cands []string
+	for _, l := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(l, "a=candidate:") {
+			cands = append(cands, strings.TrimSpace(l))
+		}
+	}
+	if len(cands) == 0 {
+		t.Fatal("answer has no candidates")
+	}
+	for _, c := range cands {
+		if !strings.Contains(c, " 192.0.2.10 ") {
+			t.Errorf("candidate %q does not announce the public address", c)
+		}
+	}
+}
+
+func TestSilentViewerReaped(t *testing.T) {
+	n := startNode(t, func(c *Config) { c.WebRTC.ICEFailedTimeout = 2 * time.Second })
+	publish(t, n, "live", mediatest.PublisherOptions{})
+	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := mediatest.Watch(ctxT(t, 10*time.Second), n.URL()+"/whep/live", mediatest.ViewerOptions{Net: mediatest.Net{Conn: conn}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	eventually(t, "frames", 10*time.Second, func() bool { return v.VideoFrames.Load() > 5 })
+	conn.Close() // the viewer vanishes: no DTLS close, no RTCP, no consent
+	eventually(t, "silent viewer reaped", 15*time.Second, func() bool {
+		_, vs := n.Sessions()
+		return vs == 0
+	})
+}
