@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -37,6 +38,9 @@ type Config struct {
 	ICEServers []wish.ICEServer `yaml:"ice_servers"`
 	Auth       auth.Config      `yaml:"auth"`
 	Streams    registry.Config  `yaml:"streams"`
+	// Pprof serves Go's profiler under /debug/pprof/ on the HTTP port.
+	// Off by default: profiles reveal internals.
+	Pprof bool `yaml:"pprof"`
 }
 
 // DefaultConfig is the all-in-one node's configuration: publishing is open,
@@ -121,8 +125,14 @@ func New(cfg Config, log *slog.Logger) (n *Node, err error) {
 		log.Warn("publishing is open: any stream without a key in auth.publish_keys may be published by anyone (auth.open_publish)")
 	}
 	wm := wish.NewMetrics(pr)
-	n.whip = wish.New("whip", whip.New(n.eng, n.reg, cfg.Auth, pr, log), cfg.ICEServers, wm, log)
-	n.whep = wish.New("whep", whep.New(n.eng, streams{n.reg}, pr, log), cfg.ICEServers, wm, log)
+	ingest := whip.New(n.eng, n.reg, cfg.Auth, pr, log)
+	playback := whep.New(n.eng, streams{n.reg}, pr, log)
+	n.reg.OnEnd(func(name string) {
+		ingest.Forget(name)
+		playback.Forget(name)
+	})
+	n.whip = wish.New("whip", ingest, cfg.ICEServers, wm, log)
+	n.whep = wish.New("whep", playback, cfg.ICEServers, wm, log)
 	n.api = api.New(n.reg, log)
 
 	mux := http.NewServeMux()
@@ -131,6 +141,12 @@ func New(cfg Config, log *slog.Logger) (n *Node, err error) {
 	n.api.Register(mux)
 	web.Register(mux)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(pr, promhttp.HandlerOpts{Registry: pr}))
+	if cfg.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 
 	if n.ln, err = net.Listen("tcp", cfg.HTTP); err != nil {
 		return nil, fmt.Errorf("http: %w", err)

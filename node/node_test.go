@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -224,6 +225,16 @@ func TestSilentPublisherGraceThenEnd(t *testing.T) {
 		_, vs := n.Sessions()
 		return vs == 0
 	})
+	// Per-stream series go with the stream, so ended streams do not pile up.
+	resp, err := http.Get(n.URL() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if strings.Contains(string(b), `stream="quiet"`) {
+		t.Error("metrics still carry the ended stream's series")
+	}
 	if _, err := mediatest.Watch(ctxT(t, 5*time.Second), n.URL()+"/whep/quiet", mediatest.ViewerOptions{}); err == nil {
 		t.Fatal("WHEP to an ended stream succeeded")
 	} else if se, ok := err.(*mediatest.StatusError); !ok || se.Code != 404 {

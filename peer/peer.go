@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pion/dtls/v3"
 	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
 	"github.com/pion/interceptor/pkg/report"
@@ -66,6 +67,9 @@ var PublisherH264Profiles = []string{"42e01f", "42001f", "42c01f", "4d001f", "4d
 
 // ViewerH264Profile is what viewers are always offered (DESIGN.md).
 const ViewerH264Profile = "42e01f"
+
+// answerTimeout bounds the making of one answer.
+const answerTimeout = 5 * time.Second
 
 // Engine owns the shared sockets and the two pion APIs.
 type Engine struct {
@@ -162,6 +166,9 @@ func (e *Engine) api(media func(*webrtc.MediaEngine) error, icp func(*webrtc.Med
 	}
 	se.SetNetworkTypes(types)
 	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
+	// AES-GCM first: with AES-NI it encrypts and authenticates in one pass,
+	// cheaper per packet than AES-CM plus HMAC-SHA1, and every browser has it.
+	se.SetSRTPProtectionProfiles(dtls.SRTP_AEAD_AES_128_GCM, dtls.SRTP_AES128_CM_HMAC_SHA1_80)
 	// Media arriving is consent too; keepalives every 2 s let a peer that
 	// vanished be noticed within the failed timeout.
 	se.SetICETimeouts(e.cfg.ICEFailedTimeout/2, e.cfg.ICEFailedTimeout, 2*time.Second)
@@ -267,6 +274,10 @@ func (e *Engine) Close() error {
 // it: a=rtcp-mux-only on each m-section (RFC 9725 section 4.2), which pion
 // does not write by itself.
 func Answer(ctx context.Context, pc *webrtc.PeerConnection, offer string) (string, error) {
+	// Gathering is local and immediate with the muxes; a peer must not
+	// hold a request (and its goroutine) for long if it is not.
+	ctx, cancel := context.WithTimeout(ctx, answerTimeout)
+	defer cancel()
 	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
 		return "", fmt.Errorf("set remote description: %w", err)
 	}

@@ -74,6 +74,7 @@ var helps = map[string]string{
 	"auth.publish_keys":         "per-stream publish keys (bearer tokens), stream=key,stream=key",
 	"streams.grace_period":      "keep a stream's viewers this long after its publisher left",
 	"streams.silence_timeout":   "mark a publisher gone after this long without media",
+	"pprof":                     "serve Go's profiler under /debug/pprof/ on the HTTP port",
 	"log.level":                 "debug, info, warn or error",
 	"log.format":                "text or json",
 }

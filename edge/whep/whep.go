@@ -67,6 +67,14 @@ func New(eng *peer.Engine, streams Streams, pr prometheus.Registerer, log *slog.
 	return &Endpoint{eng: eng, streams: streams, log: log.With("component", "whep"), m: m}
 }
 
+// Forget drops the per-stream metrics of an ended stream.
+func (e *Endpoint) Forget(stream string) {
+	l := prometheus.Labels{"stream": stream}
+	for _, v := range []*prometheus.CounterVec{e.m.packets, e.m.bytes, e.m.drops, e.m.nacks, e.m.retransmits, e.m.plis} {
+		v.DeletePartialMatch(l)
+	}
+}
+
 // checkOffer finds which kinds the viewer can receive.
 func checkOffer(offer string) (video, audio bool, err error) {
 	ms, err := wish.InspectOffer(offer)
@@ -126,7 +134,6 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 			return nil, "", err
 		}
 	}
-	pc.OnConnectionStateChange(s.onState)
 	answer, err := peer.Answer(ctx, pc, o.SDP)
 	if err != nil {
 		s.abort()
@@ -142,6 +149,8 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 			}
 		}
 	}
+	// Only now: an abort above closes pc, and that must not run Close.
+	pc.OnConnectionStateChange(s.onState)
 	e.m.viewers.Inc()
 	if src.AddViewers != nil {
 		src.AddViewers(1)

@@ -121,6 +121,8 @@ type Registry struct {
 	takeovers  prometheus.Counter
 	silent     prometheus.Counter
 
+	onEnd atomic.Pointer[func(string)]
+
 	mu      sync.Mutex
 	byName  map[string]*Stream
 	closed  bool
@@ -258,7 +260,14 @@ func (r *Registry) end(s *Stream) {
 	r.log.Info("stream ended", "stream", s.Name)
 	s.Video.Close()
 	s.Audio.Close()
+	if fn := r.onEnd.Load(); fn != nil {
+		(*fn)(s.Name)
+	}
 }
+
+// OnEnd sets a function called with the name of each stream that ends, so
+// per-stream metrics can be forgotten. It must not block.
+func (r *Registry) OnEnd(fn func(name string)) { r.onEnd.Store(&fn) }
 
 // Close stops the watchdog, closes every publisher and ends every stream.
 // Idempotent.

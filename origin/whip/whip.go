@@ -47,6 +47,12 @@ func New(eng *peer.Engine, reg *registry.Registry, a auth.Config, pr prometheus.
 	return &Endpoint{eng: eng, reg: reg, auth: a, log: log.With("component", "whip"), m: m}
 }
 
+// Forget drops the per-stream metrics of an ended stream.
+func (e *Endpoint) Forget(stream string) {
+	e.m.packets.DeletePartialMatch(prometheus.Labels{"stream": stream})
+	e.m.bytes.DeletePartialMatch(prometheus.Labels{"stream": stream})
+}
+
 // checkOffer enforces what a publisher may send: at most one H.264 video
 // (packetization-mode 1) and one Opus audio.
 func checkOffer(offer string) error {
@@ -92,7 +98,6 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 		log: e.log.With("stream", o.Stream, "remote", o.Remote),
 	}
 	pc.OnTrack(s.onTrack)
-	pc.OnConnectionStateChange(s.onState)
 	answer, err := peer.Answer(ctx, pc, o.SDP)
 	if err != nil {
 		pc.Close()
@@ -100,6 +105,8 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 	}
 	s.remoteUfrag.Store(peer.Ufrag(o.SDP))
 	s.st = e.reg.Publish(o.Stream, s)
+	// Only now: a failed answer above closes pc, and that must not run Close.
+	pc.OnConnectionStateChange(s.onState)
 	s.wg.Add(1)
 	go s.run()
 	s.log.Info("publisher connected")
