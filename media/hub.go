@@ -40,6 +40,9 @@ func DefaultHubConfig(kind Kind, codec string, clockRate uint32) HubConfig {
 	return c
 }
 
+// minQueue is the smallest subscriber ring.
+const minQueue = 512
+
 // HubStats are running totals of a hub.
 type HubStats struct {
 	Packets, Bytes uint64
@@ -199,7 +202,6 @@ func (h *Hub) cacheGOP(p *Packet) {
 func (h *Hub) Subscribe() *Subscriber {
 	s := &Subscriber{
 		hub:  h,
-		ring: make([]Entry, h.cfg.QueueLen),
 		wake: make(chan struct{}, 1),
 		done: make(chan struct{}),
 	}
@@ -208,6 +210,11 @@ func (h *Hub) Subscribe() *Subscriber {
 		h.mu.Unlock()
 		return nil
 	}
+	// The ring holds the cached GOP plus headroom, up to QueueLen: most
+	// GOPs are a few hundred packets, and a ring per viewer is the hub's
+	// main memory cost.
+	size := min(h.cfg.QueueLen, max(minQueue, 2*len(h.gop)))
+	s.ring = make([]Entry, size)
 	s.waitKey = h.cfg.Kind == Video
 	primed := false
 	if h.gopValid && len(h.gop) > 0 {

@@ -67,12 +67,23 @@ func (s *Subscriber) push(p *Packet) {
 	s.ring[(s.head+s.n)%len(s.ring)] = Entry{Packet: p, Resync: s.gap}
 	s.gap = false
 	s.n++
+	// Wake the writer once per video frame (its last packet carries the
+	// marker bit) rather than once per packet: a frame is useless to the
+	// viewer until whole, and this cuts goroutine wake-ups several-fold.
+	// wakeBatch bounds the wait when a marker is lost.
+	wake := p.Marker || s.n >= wakeBatch || s.hub.cfg.Kind != Video
 	s.mu.Unlock()
-	select {
-	case s.wake <- struct{}{}:
-	default:
+	if wake {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
 	}
 }
+
+// wakeBatch is the most video packets queued before the writer is woken
+// without a marker bit.
+const wakeBatch = 32
 
 // restartAtKeyframe makes the subscriber skip packets until the next
 // keyframe, as after a source change. It runs under the hub's lock.

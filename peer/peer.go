@@ -74,7 +74,7 @@ const answerTimeout = 5 * time.Second
 // Engine owns the shared sockets and the two pion APIs.
 type Engine struct {
 	cfg       Config
-	udp       net.PacketConn
+	udp       *batchConn
 	tcp       net.Listener
 	udpMux    ice.UDPMux
 	tcpMux    ice.TCPMux
@@ -89,12 +89,16 @@ func New(cfg Config, log *slog.Logger) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{cfg: cfg, log: log.With("component", "webrtc")}
-	var err error
-	e.udp, err = net.ListenPacket("udp4", cfg.Listen)
+	addr, err := net.ResolveUDPAddr("udp4", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("webrtc: listen udp: %w", err)
 	}
-	if got := growBuffers(e.udp); got < socketBuffer {
+	uc, err := net.ListenUDP("udp4", addr)
+	if err != nil {
+		return nil, fmt.Errorf("webrtc: listen udp: %w", err)
+	}
+	e.udp = newBatchConn(uc)
+	if got := growBuffers(uc); got < socketBuffer {
 		e.log.Warn("UDP receive buffer is small; raise net.core.rmem_max to avoid packet loss under load",
 			"bytes", got, "wanted", socketBuffer)
 	}
@@ -262,9 +266,11 @@ func (e *Engine) Close() error {
 	}
 	if e.udp != nil {
 		e.udp.Close()
+		e.udp = nil
 	}
 	if e.tcp != nil {
 		e.tcp.Close()
+		e.tcp = nil
 	}
 	return nil
 }

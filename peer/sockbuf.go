@@ -13,11 +13,7 @@ const socketBuffer = 8 << 20
 // growBuffers enlarges the socket's buffers. SO_RCVBUFFORCE passes the
 // system limit (net.core.rmem_max) when we have CAP_NET_ADMIN; otherwise the
 // plain request is capped by it. It returns the receive buffer obtained.
-func growBuffers(c net.PacketConn) int {
-	uc, ok := c.(*net.UDPConn)
-	if !ok {
-		return 0
-	}
+func growBuffers(uc *net.UDPConn) int {
 	raw, err := uc.SyscallConn()
 	if err != nil {
 		return 0

@@ -36,6 +36,9 @@ type Offer struct {
 	Query url.Values
 	// Remote is the client's address, for logs.
 	Remote string
+	// Ended must be called once when the session ends, by Close or by
+	// itself, from any goroutine; it does not block. It drops the resource.
+	Ended func()
 }
 
 // Endpoint turns an offer into a session. Implementations may block for
@@ -55,8 +58,6 @@ type Session interface {
 	// RemoteUfrag is the remote's current ICE username fragment, to tell a
 	// restart from a trickle.
 	RemoteUfrag() string
-	// Done is closed once the session has ended by itself or by Close.
-	Done() <-chan struct{}
 	// Close ends the session at once. Idempotent.
 	Close() error
 }
@@ -86,7 +87,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 type entry struct {
 	s      Session
 	stream string
-	gen    int // bumped at each ICE restart; part of the ETag
+	gen    int  // bumped at each ICE restart; part of the ETag
+	ended  bool // Ended was called, perhaps before the entry was listed
 }
 
 // Handler serves one protocol's resources: /{kind}/{stream} and
@@ -101,7 +103,6 @@ type Handler struct {
 	draining atomic.Bool
 	mu       sync.Mutex
 	sessions map[string]*entry
-	wg       sync.WaitGroup
 }
 
 // New returns a handler for kind ("whip" or "whep").
@@ -135,7 +136,7 @@ func (h *Handler) Sessions() int {
 	return len(h.sessions)
 }
 
-// Close ends every session and waits for their bookkeeping to finish.
+// Close ends every session; each Close waits for its session's goroutines.
 func (h *Handler) Close() {
 	h.Drain()
 	h.mu.Lock()
@@ -147,7 +148,6 @@ func (h *Handler) Close() {
 	for _, s := range all {
 		s.Close()
 	}
-	h.wg.Wait()
 }
 
 func (h *Handler) fail(w http.ResponseWriter, err error) {
@@ -245,26 +245,29 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, err)
 		return
 	}
+	id := newID()
+	e := &entry{stream: stream}
+	ended := func() { // the session ended: drop its resource
+		h.mu.Lock()
+		e.ended = true
+		if h.sessions[id] == e {
+			delete(h.sessions, id)
+		}
+		h.mu.Unlock()
+	}
 	sess, answer, err := h.ep.Offer(r.Context(), Offer{
-		Stream: stream, SDP: body, Token: bearer(r), Query: r.URL.Query(), Remote: r.RemoteAddr,
+		Stream: stream, SDP: body, Token: bearer(r), Query: r.URL.Query(), Remote: r.RemoteAddr, Ended: ended,
 	})
 	if err != nil {
 		h.fail(w, err)
 		return
 	}
-	id := newID()
-	e := &entry{s: sess, stream: stream}
 	h.mu.Lock()
-	h.sessions[id] = e
+	e.s = sess
+	if !e.ended {
+		h.sessions[id] = e
+	}
 	h.mu.Unlock()
-	h.wg.Add(1)
-	go func() { // drop the resource when the session ends by itself
-		defer h.wg.Done()
-		<-sess.Done()
-		h.mu.Lock()
-		delete(h.sessions, id)
-		h.mu.Unlock()
-	}()
 
 	loc := "/" + h.kind + "/" + stream + "/" + id
 	w.Header().Set("Location", loc)

@@ -120,6 +120,7 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 	}
 	s := &session{
 		e: e, pc: pc, stream: o.Stream, src: src, done: make(chan struct{}), heard: make(chan struct{}), started: time.Now(),
+		ended: o.Ended,
 		log: e.log.With("stream", o.Stream, "remote", o.Remote),
 	}
 	if wantVideo && src.Video != nil {
@@ -249,6 +250,7 @@ type session struct {
 	lastRTCP    atomic.Int64
 	done        chan struct{}
 	closeOnce   sync.Once
+	ended       func() // tells the resource table; may be nil
 	wg          sync.WaitGroup
 	mu          sync.Mutex
 }
@@ -430,8 +432,6 @@ func (s *session) Restart(f wish.Fragment) (string, error) {
 	return frag, err
 }
 
-func (s *session) Done() <-chan struct{} { return s.done }
-
 // abort undoes a half-built session.
 func (s *session) abort() {
 	s.pc.Close()
@@ -457,6 +457,9 @@ func (s *session) Close() error {
 		s.e.m.viewers.Dec()
 		if s.src.AddViewers != nil {
 			s.src.AddViewers(-1)
+		}
+		if s.ended != nil {
+			s.ended()
 		}
 		s.log.Info("viewer closed")
 	})

@@ -94,7 +94,7 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 		return nil, "", err
 	}
 	s := &session{
-		e: e, pc: pc, stream: o.Stream, done: make(chan struct{}), pli: make(chan uint32, 1),
+		e: e, pc: pc, stream: o.Stream, done: make(chan struct{}), pli: make(chan uint32, 1), ended: o.Ended,
 		log: e.log.With("stream", o.Stream, "remote", o.Remote),
 	}
 	pc.OnTrack(s.onTrack)
@@ -126,6 +126,7 @@ type session struct {
 	pli         chan uint32 // SSRC to send a PLI to; capacity 1
 	wg          sync.WaitGroup
 	closeOnce   sync.Once
+	ended       func() // tells the resource table; may be nil
 	done        chan struct{}
 
 	mu     sync.Mutex // orders goroutine starts before Close's wait
@@ -256,8 +257,6 @@ func (s *session) Restart(f wish.Fragment) (string, error) {
 	return frag, err
 }
 
-func (s *session) Done() <-chan struct{} { return s.done }
-
 // Close ends the session: the stream enters its grace period unless a new
 // publisher already took it over.
 func (s *session) Close() error {
@@ -268,6 +267,9 @@ func (s *session) Close() error {
 		close(s.done)
 		s.pc.Close()
 		s.e.reg.Unpublish(s.st, s)
+		if s.ended != nil {
+			s.ended()
+		}
 		s.log.Info("publisher closed")
 	})
 	s.wg.Wait()
