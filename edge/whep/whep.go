@@ -121,7 +121,7 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 	s := &session{
 		e: e, pc: pc, stream: o.Stream, src: src, done: make(chan struct{}), heard: make(chan struct{}), started: time.Now(),
 		ended: o.Ended,
-		log: e.log.With("stream", o.Stream, "remote", o.Remote),
+		log:   e.log.With("stream", o.Stream, "remote", o.Remote),
 	}
 	if wantVideo && src.Video != nil {
 		if s.video, err = s.addTrack(webrtc.RTPCodecTypeVideo, src.Video, peer.ViewerH264()); err != nil {
