@@ -1,0 +1,1061 @@
+// Command cascade-load measures what one Cascade node costs per viewer.
+//
+// The budget it checks is: a 2 Mbps 720p30 stream to 100 viewers on a
+// 2-core machine should cost the server at most 1.5 ms of CPU per
+// viewer-second and at most 150 KiB of memory per connected viewer.
+//
+// Each run starts a fresh server (a built cmd/cascade binary) as a child
+// process on two free loopback ports, publishes one synthetic stream to it
+// over WHIP (mediatest.Publish: real SPS/PPS, IDR and P slices of realistic
+// sizes, plus Opus), and connects N WHEP viewers (mediatest.Watch), all in
+// this process and all over 127.0.0.1. After a warm-up it measures one
+// window and then tears everything down. The tool repeats this -runs times
+// and prints every run and the median of each column.
+//
+// The server is measured from outside, through /proc (Linux only):
+//
+//   - cpu_ms_per_viewer_s: the server's CPU time (utime+stime from
+//     /proc/PID/stat) used during the window, divided by connected viewers
+//     times the window's length. It is the server's whole CPU, ingest and
+//     housekeeping included, spread over the viewers; the JSON output also
+//     has the server's CPU with the publisher alone (pub_only_cpu_pct) and
+//     the marginal cost per viewer-second once that is taken away.
+//   - rss_kib_per_viewer: the growth of the server's VmRSS from a baseline
+//     (publisher connected for two seconds, no viewers) to the end of the
+//     window, divided by connected viewers. RSS is what the kernel has
+//     given the process, not the live Go heap: it includes garbage not yet
+//     collected and memory the runtime has not returned, so it is an upper
+//     bound on the heap a viewer holds.
+//   - frames_delivered: frames (RTP marker bits) one probe viewer received
+//     during the window over frames the publisher sent; about 1.00 when
+//     every viewer keeps up. The other viewers only count packets (they
+//     discard media to stay cheap), hence
+//   - pkts_delivered: video packets all viewers received during the window
+//     over the video packets the server ingested in it (its
+//     cascade_ingest_packets_total metric) times the viewers. Below 1 means
+//     packets were dropped somewhere: in the server's queues (see
+//     queue_drops in the JSON) or in the viewers' sockets when this process
+//     cannot keep up.
+//   - server_cpu_%, loadtool_cpu_%: CPU of the server and of this process
+//     (publisher and viewers) during the window, in percent of one core: a
+//     2-core machine has 200 %. host_busy_% is the whole machine's busy
+//     share from /proc/stat (100 % = every core busy), including anything
+//     else running; if it is near 100 % the numbers are not trustworthy.
+//
+// With -json the same numbers come as one JSON object (config, host, runs,
+// median, budgets); a value that could not be measured is -1.
+//
+// CPU times are read in clock ticks (getconf CLK_TCK, 100 if that fails),
+// so they have 10 ms resolution: use windows of several seconds.
+//
+// Caveats: the viewers run on the same machine as the server and compete
+// with it for the cores, and every viewer does its own SRTP decryption, so
+// this process usually uses more CPU than the server. Loopback has no loss
+// or delay, so NACK and retransmission cost is not exercised. Run it on a
+// quiet machine.
+//
+// Usage:
+//
+//	go run ./cmd/cascade-load [-server ./cascade] [-viewers 100] [-runs 3] [-json]
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"debug/buildinfo"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/pion/webrtc/v4"
+
+	"github.com/cascade-cdn/cascade/media/mediatest"
+)
+
+const (
+	streamName = "load"
+	// baselineSettle is how long the publisher runs alone before the
+	// baseline RSS and the publisher-only CPU are taken.
+	baselineSettle = 2 * time.Second
+	// Budgets from the design.
+	budgetCPUms  = 1.5
+	budgetKiB    = 150.0
+	serverStart  = 15 * time.Second
+	serverStop   = 10 * time.Second
+	closeTimeout = 30 * time.Second
+)
+
+type config struct {
+	Server         string        `json:"server"`
+	Viewers        int           `json:"viewers"`
+	Bitrate        int           `json:"bitrate"`
+	FPS            int           `json:"fps"`
+	GOP            int           `json:"gop"`
+	NoAudio        bool          `json:"no_audio"`
+	Warmup         time.Duration `json:"warmup_ns"`
+	Window         time.Duration `json:"window_ns"`
+	Runs           int           `json:"runs"`
+	Batch          int           `json:"batch"`
+	ConnectTimeout time.Duration `json:"connect_timeout_ns"`
+	JSON           bool          `json:"-"`
+}
+
+type host struct {
+	NumCPU          int    `json:"nproc"`
+	CPUModel        string `json:"cpu_model,omitempty"`
+	GoVersion       string `json:"go_version"`
+	ServerGoVersion string `json:"server_go_version,omitempty"`
+	GOOS            string `json:"goos"`
+	GOARCH          string `json:"goarch"`
+	ClockTicks      int    `json:"clk_tck"`
+	ClockTicksNote  string `json:"clk_tck_note,omitempty"`
+}
+
+// result is one run. Values that could not be measured are -1.
+type result struct {
+	Run              int     `json:"run"`
+	Error            string  `json:"error,omitempty"`
+	ViewersRequested int     `json:"viewers_requested"`
+	ViewersConnected int     `json:"viewers_connected"`
+	ViewersFailed    int     `json:"viewers_failed"`
+	ServerViewers    int64   `json:"server_viewers"`
+	ConnectSeconds   float64 `json:"connect_seconds"`
+	WindowSeconds    float64 `json:"window_seconds"`
+
+	ServerCPUms        float64 `json:"server_cpu_ms"`
+	CPUmsPerViewerS    float64 `json:"cpu_ms_per_viewer_s"`
+	MarginalCPUms      float64 `json:"marginal_cpu_ms_per_viewer_s"`
+	PubOnlyCPUPct      float64 `json:"pub_only_cpu_pct"`
+	ServerCPUPct       float64 `json:"server_cpu_pct"`
+	LoadtoolCPUPct     float64 `json:"loadtool_cpu_pct"`
+	HostBusyPct        float64 `json:"host_busy_pct"`
+	RSSBaselineKiB     int64   `json:"rss_baseline_kib"`
+	RSSEndKiB          int64   `json:"rss_end_kib"`
+	HWMKiB             int64   `json:"rss_peak_kib"`
+	RSSKiBPerViewer    float64 `json:"rss_kib_per_viewer"`
+	PublisherFrames    int64   `json:"publisher_frames"`
+	ProbeFrames        int64   `json:"probe_frames"`
+	FramesDelivered    float64 `json:"frames_delivered"`
+	IngestVideoPackets float64 `json:"ingest_video_packets"`
+	EgressVideoPackets float64 `json:"egress_video_packets"`
+	ViewerVideoPackets int64   `json:"viewer_video_packets"`
+	PktsDelivered      float64 `json:"pkts_delivered"`
+	QueueDrops         float64 `json:"queue_drops"`
+}
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	var c config
+	flag.StringVar(&c.Server, "server", "", "path to a built cascade binary (default: go build ./cmd/cascade into a temp dir)")
+	flag.IntVar(&c.Viewers, "viewers", 100, "WHEP viewers to connect")
+	flag.IntVar(&c.Bitrate, "bitrate", 2_000_000, "publisher video bit rate, bit/s")
+	flag.IntVar(&c.FPS, "fps", 30, "publisher frame rate")
+	flag.IntVar(&c.GOP, "gop", 0, "keyframe interval in frames (default: fps, one second)")
+	flag.BoolVar(&c.NoAudio, "no-audio", false, "publish video only")
+	flag.DurationVar(&c.Warmup, "warmup", 5*time.Second, "wait after the last viewer connected before measuring")
+	flag.DurationVar(&c.Window, "window", 20*time.Second, "measurement window")
+	flag.IntVar(&c.Runs, "runs", 3, "runs, each with a fresh server; the median is reported")
+	flag.IntVar(&c.Batch, "batch", 10, "viewers connecting concurrently")
+	flag.DurationVar(&c.ConnectTimeout, "connect-timeout", 15*time.Second, "time allowed for one viewer to connect")
+	flag.BoolVar(&c.JSON, "json", false, "print results as JSON instead of a table")
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "Usage: cascade-load [flags]\n\nMeasures a cascade server's CPU and memory per WHEP viewer (see go doc ./cmd/cascade-load).\n\n")
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "cascade-load: unexpected arguments %q\n", flag.Args())
+		return 2
+	}
+	switch {
+	case c.Viewers < 1 || c.Viewers > 10000:
+		return usageErr("-viewers must be 1..10000")
+	case c.Runs < 1 || c.Runs > 100:
+		return usageErr("-runs must be 1..100")
+	case c.Bitrate < 10_000 || c.FPS < 1 || c.FPS > 240 || c.GOP < 0:
+		return usageErr("-bitrate, -fps or -gop out of range")
+	case c.Window < time.Second || c.Warmup < 0:
+		return usageErr("-window must be at least 1s and -warmup not negative")
+	case c.Batch < 1 || c.ConnectTimeout <= 0:
+		return usageErr("-batch and -connect-timeout must be positive")
+	}
+	if runtime.GOOS != "linux" {
+		fmt.Fprintln(os.Stderr, "cascade-load: needs Linux /proc to measure the server")
+		return 1
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	tmp, err := os.MkdirTemp("", "cascade-load-")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cascade-load: %v\n", err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+
+	if c.Server == "" {
+		logf("building cmd/cascade ...")
+		if c.Server, err = buildServer(ctx, tmp); err != nil {
+			fmt.Fprintf(os.Stderr, "cascade-load: %v\n", err)
+			return 1
+		}
+	} else if _, err := os.Stat(c.Server); err != nil {
+		fmt.Fprintf(os.Stderr, "cascade-load: -server: %v\n", err)
+		return 1
+	}
+	if abs, err := filepath.Abs(c.Server); err == nil {
+		c.Server = abs
+	}
+
+	h := hostInfo(c.Server)
+	var results []result
+	for i := 1; i <= c.Runs && ctx.Err() == nil; i++ {
+		logf("run %d/%d", i, c.Runs)
+		r := oneRun(ctx, c, h, tmp, i)
+		if r.Error != "" {
+			logf("run %d failed: %s", i, r.Error)
+		}
+		results = append(results, r)
+	}
+	med, ok := median(results)
+
+	if c.JSON {
+		out := struct {
+			Config  config   `json:"config"`
+			Host    host     `json:"host"`
+			Runs    []result `json:"runs"`
+			Median  *result  `json:"median,omitempty"`
+			Budgets any      `json:"budgets"`
+		}{c, h, results, nil, map[string]float64{"cpu_ms_per_viewer_s": budgetCPUms, "rss_kib_per_viewer": budgetKiB}}
+		if ok {
+			out.Median = &med
+		}
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(out); err != nil {
+			fmt.Fprintf(os.Stderr, "cascade-load: %v\n", err)
+			return 1
+		}
+	} else {
+		printTable(os.Stdout, c, h, results, med, ok)
+	}
+	if !ok {
+		return 1
+	}
+	return 0
+}
+
+func usageErr(msg string) int {
+	fmt.Fprintf(os.Stderr, "cascade-load: %s\n", msg)
+	return 2
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s  %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
+}
+
+// buildServer builds cmd/cascade from the module root into dir.
+func buildServer(ctx context.Context, dir string) (string, error) {
+	root, err := moduleRoot(ctx)
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "cascade")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/cascade")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/cascade in %s: %v\n%s", root, err, out)
+	}
+	return bin, nil
+}
+
+// moduleRoot finds the cascade module: go env GOMOD, else go.mod found
+// walking up from the working directory.
+func moduleRoot(ctx context.Context) (string, error) {
+	if out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output(); err == nil {
+		if mod := strings.TrimSpace(string(out)); mod != "" && mod != os.DevNull && isCascade(mod) {
+			return filepath.Dir(mod), nil
+		}
+	}
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for range 64 {
+		if isCascade(filepath.Join(dir, "go.mod")) {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			break
+		}
+		dir = parent
+	}
+	return "", errors.New("cannot find the github.com/cascade-cdn/cascade module from the working directory; run from the repository or pass -server")
+}
+
+func isCascade(gomod string) bool {
+	b, err := os.ReadFile(gomod)
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == "module" {
+			return strings.Trim(f[1], `"`) == "github.com/cascade-cdn/cascade"
+		}
+	}
+	return false
+}
+
+func hostInfo(server string) host {
+	h := host{NumCPU: runtime.NumCPU(), GoVersion: runtime.Version(), GOOS: runtime.GOOS, GOARCH: runtime.GOARCH, ClockTicks: 100}
+	if out, err := exec.Command("getconf", "CLK_TCK").Output(); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(out))); err == nil && n > 0 {
+			h.ClockTicks = n
+		} else {
+			h.ClockTicksNote = "getconf CLK_TCK unreadable; assumed 100"
+		}
+	} else {
+		h.ClockTicksNote = "getconf CLK_TCK failed; assumed 100"
+	}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				h.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if bi, err := buildinfo.ReadFile(server); err == nil {
+		h.ServerGoVersion = bi.GoVersion
+	}
+	return h
+}
+
+// oneRun starts a server, loads it and measures it.
+func oneRun(ctx context.Context, c config, h host, tmp string, n int) (r result) {
+	r = result{Run: n, ViewersRequested: c.Viewers, ServerViewers: -1, IngestVideoPackets: -1,
+		EgressVideoPackets: -1, QueueDrops: -1, PktsDelivered: -1, FramesDelivered: -1}
+	fail := func(format string, args ...any) result {
+		r.Error = fmt.Sprintf(format, args...)
+		return r
+	}
+	tick := float64(h.ClockTicks)
+
+	srv, err := startServer(ctx, c.Server, filepath.Join(tmp, fmt.Sprintf("server-%d.log", n)))
+	if err != nil {
+		return fail("server: %v", err)
+	}
+	defer func() {
+		if err := srv.stop(); err != nil {
+			logf("run %d: server stop: %v", n, err)
+			if r.Error == "" {
+				r.Error = "server stop: " + err.Error()
+			}
+		}
+		if r.Error != "" && ctx.Err() == nil {
+			logf("run %d: server log (%s):\n%s", n, srv.logPath, srv.logTail(4096))
+		}
+	}()
+	logf("run %d: server pid %d on %s (webrtc %s)", n, srv.cmd.Process.Pid, srv.base, srv.webrtc)
+
+	pctx, cancel := context.WithTimeout(ctx, c.ConnectTimeout)
+	pub, err := mediatest.Publish(pctx, srv.base+"/whip/"+streamName,
+		mediatest.PublisherOptions{Bitrate: c.Bitrate, FPS: c.FPS, GOP: c.GOP, NoAudio: c.NoAudio})
+	cancel()
+	if err != nil {
+		return fail("publisher: %v", err)
+	}
+	defer pub.Close()
+
+	// Baseline: the publisher alone. The first second carries connection
+	// setup, so the CPU is sampled over the second half of the settle time.
+	if !sleep(ctx, baselineSettle/2) {
+		return fail("interrupted")
+	}
+	cpu0, err := procCPU(srv.pid())
+	if err != nil {
+		return fail("%v", err)
+	}
+	t0 := time.Now()
+	if !sleep(ctx, baselineSettle/2) {
+		return fail("interrupted")
+	}
+	cpu1, err := procCPU(srv.pid())
+	if err != nil {
+		return fail("%v", err)
+	}
+	r.PubOnlyCPUPct = 100 * float64(cpu1-cpu0) / tick / time.Since(t0).Seconds()
+	if r.RSSBaselineKiB, _, err = procRSS(srv.pid()); err != nil {
+		return fail("%v", err)
+	}
+
+	// Viewers, in batches.
+	start := time.Now()
+	viewers, probe, firstErr := connectViewers(ctx, c, srv.base+"/whep/"+streamName)
+	defer closeViewers(viewers)
+	failed := c.Viewers - len(viewers)
+	r.ConnectSeconds = time.Since(start).Seconds()
+	r.ViewersConnected, r.ViewersFailed = len(viewers), failed
+	if failed > 0 {
+		logf("run %d: %d of %d viewers failed to connect; first error: %v", n, failed, c.Viewers, firstErr)
+	}
+	logf("run %d: %d/%d viewers connected in %.1fs; warm-up %v, window %v", n, len(viewers), c.Viewers, r.ConnectSeconds, c.Warmup, c.Window)
+	if len(viewers) == 0 {
+		return fail("no viewer connected: %v", firstErr)
+	}
+	if !sleep(ctx, c.Warmup) {
+		return fail("interrupted")
+	}
+
+	// Window start.
+	ms0, _ := scrape(srv.base + "/metrics")
+	a := sample(srv.pid(), pub, probe, viewers)
+	if a.err != nil {
+		return fail("%v", a.err)
+	}
+	if !sleep(ctx, c.Window) {
+		return fail("interrupted")
+	}
+	b := sample(srv.pid(), pub, probe, viewers)
+	if b.err != nil {
+		return fail("%v", b.err)
+	}
+	ms1, merr := scrape(srv.base + "/metrics")
+	if v, err := serverViewers(srv.base); err == nil {
+		r.ServerViewers = v
+	}
+	if r.RSSEndKiB, r.HWMKiB, err = procRSS(srv.pid()); err != nil {
+		return fail("%v", err)
+	}
+
+	win := b.at.Sub(a.at).Seconds()
+	nv := float64(len(viewers))
+	r.WindowSeconds = win
+	r.ServerCPUms = 1000 * float64(b.serverTicks-a.serverTicks) / tick
+	r.CPUmsPerViewerS = r.ServerCPUms / (nv * win)
+	r.MarginalCPUms = (r.ServerCPUms - r.PubOnlyCPUPct*10*win) / (nv * win) // pct*10 = ms per second
+	r.ServerCPUPct = 100 * float64(b.serverTicks-a.serverTicks) / tick / win
+	r.LoadtoolCPUPct = 100 * float64(b.selfTicks-a.selfTicks) / tick / win
+	if tot := b.hostTotal - a.hostTotal; tot > 0 {
+		r.HostBusyPct = 100 * float64(tot-(b.hostIdle-a.hostIdle)) / float64(tot)
+	}
+	r.RSSKiBPerViewer = float64(r.RSSEndKiB-r.RSSBaselineKiB) / nv
+	r.PublisherFrames = b.pubFrames - a.pubFrames
+	r.ProbeFrames = b.probeFrames - a.probeFrames
+	if r.PublisherFrames > 0 && probe != nil {
+		r.FramesDelivered = float64(r.ProbeFrames) / float64(r.PublisherFrames)
+	}
+	r.ViewerVideoPackets = b.viewerPackets - a.viewerPackets
+	if ms0 != "" && merr == nil {
+		sel := []string{`stream="` + streamName + `"`, `kind="video"`}
+		in0, ok0 := metricSum(ms0, "cascade_ingest_packets_total", sel...)
+		in1, ok1 := metricSum(ms1, "cascade_ingest_packets_total", sel...)
+		if ok0 && ok1 {
+			r.IngestVideoPackets = in1 - in0
+			if r.IngestVideoPackets > 0 {
+				r.PktsDelivered = float64(r.ViewerVideoPackets) / (r.IngestVideoPackets * nv)
+			}
+		}
+		if e0, ok0 := metricSum(ms0, "cascade_egress_packets_total", sel...); ok0 {
+			if e1, ok1 := metricSum(ms1, "cascade_egress_packets_total", sel...); ok1 {
+				r.EgressVideoPackets = e1 - e0
+			}
+		}
+		d0, ok0 := metricSum(ms0, "cascade_viewer_queue_drops_total", `stream="`+streamName+`"`)
+		d1, ok1 := metricSum(ms1, "cascade_viewer_queue_drops_total", `stream="`+streamName+`"`)
+		if ok0 && ok1 {
+			r.QueueDrops = d1 - d0
+		}
+	}
+	logf("run %d: server %.0f%% cpu, %.3f ms/viewer-s, %.1f KiB/viewer, frames %.3f, packets %s",
+		n, r.ServerCPUPct, r.CPUmsPerViewerS, r.RSSKiBPerViewer, r.FramesDelivered, fmtRatio(r.PktsDelivered))
+	return r
+}
+
+// snapshot is one reading of every counter, taken close together.
+type snapshot struct {
+	at                     time.Time
+	serverTicks, selfTicks int64
+	hostTotal, hostIdle    int64
+	pubFrames, probeFrames int64
+	viewerPackets          int64
+	err                    error
+}
+
+func sample(pid int, pub *mediatest.Publisher, probe *mediatest.Viewer, viewers []*mediatest.Viewer) (s snapshot) {
+	s.at = time.Now()
+	if s.serverTicks, s.err = procCPU(pid); s.err != nil {
+		return s
+	}
+	if s.selfTicks, s.err = procCPU(os.Getpid()); s.err != nil {
+		return s
+	}
+	s.hostTotal, s.hostIdle, _ = hostCPU()
+	s.pubFrames = pub.Frames.Load()
+	if probe != nil {
+		s.probeFrames = probe.VideoFrames.Load()
+	}
+	for _, v := range viewers {
+		s.viewerPackets += v.VideoPackets.Load()
+	}
+	return s
+}
+
+// connectViewers connects c.Viewers viewers, c.Batch at a time. The first
+// is a probe that keeps per-packet bookkeeping (and so counts frames; nil
+// if it failed); the others only count packets. A viewer counts as
+// connected when its peer connection reaches "connected" within
+// c.ConnectTimeout.
+func connectViewers(ctx context.Context, c config, url string) (ok []*mediatest.Viewer, probe *mediatest.Viewer, firstErr error) {
+	for base := 0; base < c.Viewers && ctx.Err() == nil; base += c.Batch {
+		n := min(c.Batch, c.Viewers-base)
+		got := make([]*mediatest.Viewer, n)
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				got[i], errs[i] = connectViewer(ctx, url, c.ConnectTimeout, base+i > 0)
+			}()
+		}
+		wg.Wait()
+		for i := range n {
+			if errs[i] != nil {
+				if firstErr == nil {
+					firstErr = errs[i]
+				}
+				continue
+			}
+			if base+i == 0 {
+				probe = got[i]
+			}
+			ok = append(ok, got[i])
+		}
+	}
+	if ctx.Err() != nil && firstErr == nil {
+		firstErr = ctx.Err()
+	}
+	return ok, probe, firstErr
+}
+
+func connectViewer(ctx context.Context, url string, timeout time.Duration, discard bool) (*mediatest.Viewer, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	v, err := mediatest.Watch(ctx, url, mediatest.ViewerOptions{Discard: discard})
+	if err != nil {
+		return nil, err
+	}
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		switch s := v.PC.ConnectionState(); s {
+		case webrtc.PeerConnectionStateConnected:
+			return v, nil
+		case webrtc.PeerConnectionStateFailed, webrtc.PeerConnectionStateClosed:
+			v.Close()
+			return nil, fmt.Errorf("viewer peer connection %s", s)
+		}
+		select {
+		case <-ctx.Done():
+			v.Close()
+			return nil, fmt.Errorf("viewer not connected: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// closeViewers closes viewers a few at a time, giving up after closeTimeout.
+func closeViewers(vs []*mediatest.Viewer) {
+	done := make(chan struct{})
+	go func() {
+		sem := make(chan struct{}, 16)
+		var wg sync.WaitGroup
+		for _, v := range vs {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer wg.Done()
+				v.Close()
+				<-sem
+			}()
+		}
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(closeTimeout):
+		logf("viewers still closing after %v; going on", closeTimeout)
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// server is a cascade child process.
+type server struct {
+	cmd     *exec.Cmd
+	base    string // http://127.0.0.1:PORT
+	webrtc  string
+	logPath string
+	logFile *os.File
+	exited  chan struct{}
+	waitErr error
+}
+
+func (s *server) pid() int { return s.cmd.Process.Pid }
+
+func startServer(ctx context.Context, bin, logPath string) (*server, error) {
+	httpAddr, err := freeTCP()
+	if err != nil {
+		return nil, err
+	}
+	rtcAddr, err := freeUDPAndTCP()
+	if err != nil {
+		return nil, err
+	}
+	lf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "--http", httpAddr, "--webrtc.listen", rtcAddr, "--log.level", "warn")
+	cmd.Stdout, cmd.Stderr = lf, lf
+	if err := cmd.Start(); err != nil {
+		lf.Close()
+		return nil, err
+	}
+	s := &server{cmd: cmd, base: "http://" + httpAddr, webrtc: rtcAddr, logPath: logPath, logFile: lf, exited: make(chan struct{})}
+	go func() {
+		s.waitErr = cmd.Wait()
+		close(s.exited)
+	}()
+
+	deadline := time.Now().Add(serverStart)
+	client := &http.Client{Timeout: time.Second}
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.base+"/healthz", nil)
+		if resp, err := client.Do(req); err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return s, nil
+			}
+		}
+		var why string
+		select {
+		case <-s.exited:
+			why = fmt.Sprintf("exited before it was healthy: %v", s.waitErr)
+		case <-ctx.Done():
+			why = "interrupted"
+		case <-time.After(50 * time.Millisecond):
+			if time.Now().After(deadline) {
+				why = fmt.Sprintf("/healthz not 200 after %v", serverStart)
+			}
+		}
+		if why != "" {
+			s.stop()
+			return nil, fmt.Errorf("%s\n--- server log %s ---\n%s", why, logPath, s.logTail(4096))
+		}
+	}
+}
+
+// stop sends SIGTERM, waits serverStop, then kills.
+func (s *server) stop() error {
+	defer s.logFile.Close()
+	select {
+	case <-s.exited:
+		return exitErr(s.waitErr)
+	default:
+	}
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.exited:
+		return exitErr(s.waitErr)
+	case <-time.After(serverStop):
+		s.cmd.Process.Kill()
+		<-s.exited
+		return fmt.Errorf("did not exit %v after SIGTERM; killed", serverStop)
+	}
+}
+
+func exitErr(err error) error {
+	if err != nil {
+		return fmt.Errorf("exited: %w", err)
+	}
+	return nil
+}
+
+func (s *server) logTail(n int64) string {
+	f, err := os.Open(s.logPath)
+	if err != nil {
+		return err.Error()
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() > n {
+		f.Seek(st.Size()-n, io.SeekStart)
+	}
+	b, _ := io.ReadAll(io.LimitReader(f, n))
+	return string(b)
+}
+
+func freeTCP() (string, error) {
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// freeUDPAndTCP finds a loopback port free for both UDP and TCP: the
+// server's WebRTC port also takes ICE-TCP.
+func freeUDPAndTCP() (string, error) {
+	var last error
+	for range 50 {
+		u, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			return "", err
+		}
+		addr := u.LocalAddr().String()
+		t, err := net.Listen("tcp4", addr)
+		u.Close()
+		if err != nil {
+			last = err
+			continue
+		}
+		t.Close()
+		return addr, nil
+	}
+	return "", fmt.Errorf("no loopback port free for UDP and TCP: %v", last)
+}
+
+// procCPU is utime+stime of a process, in clock ticks.
+func procCPU(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) is in parentheses and may hold spaces.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+	}
+	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %v", pid, err)
+	}
+	return ut + st, nil
+}
+
+// procRSS returns VmRSS and VmHWM in KiB.
+func procRSS(pid int) (rss, hwm int64, err error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	defer f.Close()
+	rss = -1
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if !ok || (k != "VmRSS" && k != "VmHWM") {
+			continue
+		}
+		fs := strings.Fields(v) // "12345 kB"
+		if len(fs) == 0 {
+			continue
+		}
+		n, err := strconv.ParseInt(fs[0], 10, 64)
+		if err != nil {
+			continue
+		}
+		if k == "VmRSS" {
+			rss = n
+		} else {
+			hwm = n
+		}
+	}
+	if rss < 0 {
+		return 0, 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
+	}
+	return rss, hwm, nil
+}
+
+// hostCPU returns the total and idle (idle+iowait) jiffies of all CPUs.
+func hostCPU() (total, idle int64, err error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 6 || f[0] != "cpu" {
+		return 0, 0, errors.New("/proc/stat: unexpected format")
+	}
+	// user nice system idle iowait irq softirq steal [guest guest_nice,
+	// already counted in user and nice].
+	for i, s := range f[1:min(len(f), 9)] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, 0, err
+		}
+		total += n
+		if i == 3 || i == 4 {
+			idle += n
+		}
+	}
+	return total, idle, nil
+}
+
+func scrape(url string) (string, error) {
+	client := &http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s: HTTP %d", url, resp.StatusCode)
+	}
+	return string(b), nil
+}
+
+// metricSum adds the samples of a Prometheus text-format metric whose
+// labels contain every one of want (`key="value"`).
+func metricSum(text, name string, want ...string) (float64, bool) {
+	var sum float64
+	found := false
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(line, name) {
+			continue
+		}
+		rest := line[len(name):]
+		var labels string
+		switch {
+		case strings.HasPrefix(rest, "{"):
+			end := strings.LastIndexByte(rest, '}')
+			if end < 0 {
+				continue
+			}
+			labels, rest = rest[1:end], rest[end+1:]
+		case strings.HasPrefix(rest, " "):
+		default:
+			continue // another metric with this prefix
+		}
+		ok := true
+		for _, w := range want {
+			if !strings.Contains(labels, w) {
+				ok = false
+				break
+			}
+		}
+		if !ok {
+			continue
+		}
+		fs := strings.Fields(rest)
+		if len(fs) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(fs[0], 64)
+		if err != nil {
+			continue
+		}
+		sum += v
+		found = true
+	}
+	return sum, found
+}
+
+func serverViewers(base string) (int64, error) {
+	s, err := scrape(base + "/v1/streams/" + streamName)
+	if err != nil {
+		return 0, err
+	}
+	var st struct {
+		Viewers int64 `json:"viewers"`
+	}
+	if err := json.Unmarshal([]byte(s), &st); err != nil {
+		return 0, err
+	}
+	return st.Viewers, nil
+}
+
+// median takes the median of every measured column over successful runs.
+func median(rs []result) (result, bool) {
+	var ok []result
+	for _, r := range rs {
+		if r.Error == "" {
+			ok = append(ok, r)
+		}
+	}
+	if len(ok) == 0 {
+		return result{}, false
+	}
+	m := result{Run: 0}
+	// med is the median of a column; columns that use -1 for "not measured"
+	// pass opt and skip those runs.
+	med := func(get func(result) float64, opt bool) float64 {
+		var v []float64
+		for _, r := range ok {
+			if x := get(r); !opt || x >= 0 {
+				v = append(v, x)
+			}
+		}
+		if len(v) == 0 {
+			return -1
+		}
+		slices.Sort(v)
+		if len(v)%2 == 1 {
+			return v[len(v)/2]
+		}
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	f := func(get func(result) float64) float64 { return med(get, false) }
+	o := func(get func(result) float64) float64 { return med(get, true) }
+	i := func(get func(result) int64) int64 {
+		return int64(med(func(r result) float64 { return float64(get(r)) }, false))
+	}
+	m.ViewersRequested = ok[0].ViewersRequested
+	m.ViewersConnected = int(i(func(r result) int64 { return int64(r.ViewersConnected) }))
+	m.ViewersFailed = int(i(func(r result) int64 { return int64(r.ViewersFailed) }))
+	m.ServerViewers = int64(o(func(r result) float64 { return float64(r.ServerViewers) }))
+	m.ConnectSeconds = f(func(r result) float64 { return r.ConnectSeconds })
+	m.WindowSeconds = f(func(r result) float64 { return r.WindowSeconds })
+	m.ServerCPUms = f(func(r result) float64 { return r.ServerCPUms })
+	m.CPUmsPerViewerS = f(func(r result) float64 { return r.CPUmsPerViewerS })
+	m.MarginalCPUms = f(func(r result) float64 { return r.MarginalCPUms })
+	m.PubOnlyCPUPct = f(func(r result) float64 { return r.PubOnlyCPUPct })
+	m.ServerCPUPct = f(func(r result) float64 { return r.ServerCPUPct })
+	m.LoadtoolCPUPct = f(func(r result) float64 { return r.LoadtoolCPUPct })
+	m.HostBusyPct = f(func(r result) float64 { return r.HostBusyPct })
+	m.RSSBaselineKiB = i(func(r result) int64 { return r.RSSBaselineKiB })
+	m.RSSEndKiB = i(func(r result) int64 { return r.RSSEndKiB })
+	m.HWMKiB = i(func(r result) int64 { return r.HWMKiB })
+	m.RSSKiBPerViewer = f(func(r result) float64 { return r.RSSKiBPerViewer })
+	m.PublisherFrames = i(func(r result) int64 { return r.PublisherFrames })
+	m.ProbeFrames = i(func(r result) int64 { return r.ProbeFrames })
+	m.FramesDelivered = o(func(r result) float64 { return r.FramesDelivered })
+	m.IngestVideoPackets = o(func(r result) float64 { return r.IngestVideoPackets })
+	m.EgressVideoPackets = o(func(r result) float64 { return r.EgressVideoPackets })
+	m.ViewerVideoPackets = i(func(r result) int64 { return r.ViewerVideoPackets })
+	m.PktsDelivered = o(func(r result) float64 { return r.PktsDelivered })
+	m.QueueDrops = o(func(r result) float64 { return r.QueueDrops })
+	return m, true
+}
+
+func fmtRatio(x float64) string {
+	if x < 0 {
+		return "-"
+	}
+	return strconv.FormatFloat(x, 'f', 3, 64)
+}
+
+func printTable(w io.Writer, c config, h host, rs []result, med result, ok bool) {
+	fmt.Fprintf(w, "host: nproc=%d cpu=%q go=%s", h.NumCPU, h.CPUModel, h.GoVersion)
+	if h.ServerGoVersion != "" && h.ServerGoVersion != h.GoVersion {
+		fmt.Fprintf(w, " server_go=%s", h.ServerGoVersion)
+	}
+	fmt.Fprintf(w, " %s/%s clk_tck=%d", h.GOOS, h.GOARCH, h.ClockTicks)
+	if h.ClockTicksNote != "" {
+		fmt.Fprintf(w, " (%s)", h.ClockTicksNote)
+	}
+	fmt.Fprintln(w)
+	audio := "+opus"
+	if c.NoAudio {
+		audio = ""
+	}
+	fmt.Fprintf(w, "viewers=%d bitrate=%.1fMbps%s fps=%d warmup=%v window=%v runs=%d\n",
+		c.Viewers, float64(c.Bitrate)/1e6, audio, c.FPS, c.Warmup, c.Window, c.Runs)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "run\tviewers\tcpu_ms_per_viewer_s\trss_kib_per_viewer\tframes_delivered\tpkts_delivered\tserver_cpu_%\tloadtool_cpu_%\thost_busy_%\t")
+	row := func(name string, r result) {
+		fmt.Fprintf(tw, "%s\t%d/%d\t%.3f\t%.1f\t%s\t%s\t%.1f\t%.1f\t%.1f\t\n", name, r.ViewersConnected, r.ViewersRequested,
+			r.CPUmsPerViewerS, r.RSSKiBPerViewer, fmtRatio(r.FramesDelivered), fmtRatio(r.PktsDelivered),
+			r.ServerCPUPct, r.LoadtoolCPUPct, r.HostBusyPct)
+	}
+	for _, r := range rs {
+		if r.Error != "" {
+			fmt.Fprintf(tw, "%d\tfailed\t\n", r.Run)
+			continue
+		}
+		row(strconv.Itoa(r.Run), r)
+	}
+	if ok {
+		row("median", med)
+	}
+	tw.Flush()
+	for _, r := range rs {
+		if r.Error != "" {
+			fmt.Fprintf(w, "run %d failed: %s\n", r.Run, firstLine(r.Error))
+		}
+	}
+	if !ok {
+		fmt.Fprintln(w, "no run succeeded")
+		return
+	}
+	verdict := func(x, limit float64) string {
+		if x <= limit {
+			return "within"
+		}
+		return "OVER"
+	}
+	fmt.Fprintf(w, "median: server %.0f%% of a core with the publisher alone, %.0f%% with viewers; marginal %.3f ms per viewer-second; RSS %d -> %d KiB (peak %d); queue drops %s\n",
+		med.PubOnlyCPUPct, med.ServerCPUPct, med.MarginalCPUms, med.RSSBaselineKiB, med.RSSEndKiB, med.HWMKiB, fmtCount(med.QueueDrops))
+	fmt.Fprintf(w, "budget: cpu %.3f ms/viewer-s (%s %.1f), memory %.1f KiB/viewer (%s %.0f)\n",
+		med.CPUmsPerViewerS, verdict(med.CPUmsPerViewerS, budgetCPUms), budgetCPUms,
+		med.RSSKiBPerViewer, verdict(med.RSSKiBPerViewer, budgetKiB), budgetKiB)
+	fmt.Fprintln(w, "cpu %: of one core (the machine has", h.NumCPU*100, "%); host_busy_%: whole machine, everything running")
+}
+
+func fmtCount(x float64) string {
+	if x < 0 {
+		return "-"
+	}
+	return strconv.FormatFloat(x, 'f', 0, 64)
+}
+
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(s, "\n")
+	return l
+}
