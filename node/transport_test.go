@@ -77,3 +77,12 @@ func TestSilentViewerReaped(t *testing.T) {
 		return vs == 0
 	})
 }
+
+// TestWildcardListen serves on every local address, one socket each on the
+// same port, as `cascade` does by default.
+func TestWildcardListen(t *testing.T) {
+	n := startNode(t, func(c *Config) { c.WebRTC.Listen = "0.0.0.0:0" })
+	publish(t, n, "live", mediatest.PublisherOptions{})
+	v := watch(t, n, "live")
+	eventually(t, "frames through the wildcard listener", 10*time.Second, func() bool { return v.VideoFrames.Load() >= 10 })
+}

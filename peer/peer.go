@@ -74,7 +74,7 @@ const answerTimeout = 5 * time.Second
 // Engine owns the shared sockets and the two pion APIs.
 type Engine struct {
 	cfg       Config
-	udp       *batchConn
+	udp       []*batchConn
 	tcp       net.Listener
 	udpMux    ice.UDPMux
 	tcpMux    ice.TCPMux
@@ -89,24 +89,15 @@ func New(cfg Config, log *slog.Logger) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{cfg: cfg, log: log.With("component", "webrtc")}
-	addr, err := net.ResolveUDPAddr("udp4", cfg.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("webrtc: listen udp: %w", err)
-	}
-	uc, err := net.ListenUDP("udp4", addr)
-	if err != nil {
-		return nil, fmt.Errorf("webrtc: listen udp: %w", err)
-	}
-	e.udp = newBatchConn(uc)
-	if got := growBuffers(uc); got < socketBuffer {
-		e.log.Warn("UDP receive buffer is small; raise net.core.rmem_max to avoid packet loss under load",
-			"bytes", got, "wanted", socketBuffer)
-	}
 	lf := LoggerFactory(log)
-	e.udpMux = webrtc.NewICEUDPMux(lf.NewLogger("ice-udp"), e.udp)
+	if err := e.listenUDP(cfg.Listen, lf); err != nil {
+		e.Close()
+		return nil, err
+	}
 	if cfg.TCP {
 		// ICE-TCP on the same port number as UDP, so two firewall holes do.
-		e.tcp, err = net.Listen("tcp4", e.udp.LocalAddr().String())
+		var err error
+		e.tcp, err = net.Listen("tcp4", net.JoinHostPort(host(cfg.Listen), fmt.Sprint(e.UDPAddr().(*net.UDPAddr).Port)))
 		if err != nil {
 			e.Close()
 			return nil, fmt.Errorf("webrtc: listen tcp: %w", err)
@@ -251,8 +242,72 @@ func (e *Engine) Viewer() *webrtc.API { return e.viewer }
 // Config returns the engine's configuration.
 func (e *Engine) Config() Config { return e.cfg }
 
-// UDPAddr is the bound UDP address (its port, when Listen asked for 0).
-func (e *Engine) UDPAddr() net.Addr { return e.udp.LocalAddr() }
+// UDPAddr is a bound UDP address (its port, when Listen asked for 0).
+func (e *Engine) UDPAddr() net.Addr { return e.udp[0].LocalAddr() }
+
+func host(hostport string) string {
+	h, _, _ := net.SplitHostPort(hostport)
+	return h
+}
+
+// listenUDP opens the WebRTC port. On a wildcard address it opens one socket
+// per local IPv4 address on the same port, so every reply leaves from the
+// address the peer sent to (one wildcard socket lets the kernel pick, which
+// breaks ICE on multi-homed hosts). Addresses added after start are not
+// picked up.
+func (e *Engine) listenUDP(listen string, lf *slogFactory) error {
+	addr, err := net.ResolveUDPAddr("udp4", listen)
+	if err != nil {
+		return fmt.Errorf("webrtc.listen: %w", err)
+	}
+	ips := []net.IP{addr.IP}
+	if addr.IP == nil || addr.IP.IsUnspecified() {
+		if ips, err = localIPv4(); err != nil {
+			return err
+		}
+	}
+	port := addr.Port
+	var muxes []ice.UDPMux
+	for _, ip := range ips {
+		uc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: ip, Port: port})
+		if err != nil {
+			return fmt.Errorf("webrtc: listen udp %s: %w", ip, err)
+		}
+		port = uc.LocalAddr().(*net.UDPAddr).Port // the first one picks, when 0
+		if got := growBuffers(uc); got < socketBuffer {
+			e.log.Warn("UDP receive buffer is small; raise net.core.rmem_max to avoid packet loss under load",
+				"bytes", got, "wanted", socketBuffer)
+		}
+		bc := newBatchConn(uc)
+		e.udp = append(e.udp, bc)
+		muxes = append(muxes, ice.NewUDPMuxDefault(ice.UDPMuxParams{Logger: lf.NewLogger("ice-udp"), UDPConn: bc}))
+	}
+	if len(muxes) == 1 {
+		e.udpMux = muxes[0]
+	} else {
+		e.udpMux = ice.NewMultiUDPMuxDefault(muxes...)
+	}
+	return nil
+}
+
+// localIPv4 lists the host's IPv4 addresses other than loopback, or
+// loopback alone on a host that has nothing else.
+func localIPv4() ([]net.IP, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, fmt.Errorf("webrtc: list addresses: %w", err)
+	}
+	var ips []net.IP
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLoopback() && !n.IP.IsLinkLocalUnicast() {
+			ips = append(ips, n.IP.To4())
+		}
+	}
+	if len(ips) == 0 {
+		ips = []net.IP{net.IPv4(127, 0, 0, 1)}
+	}
+	return ips, nil
+}
 
 // Close releases the sockets. Idempotent.
 func (e *Engine) Close() error {
@@ -264,10 +319,10 @@ func (e *Engine) Close() error {
 		e.tcpMux.Close()
 		e.tcpMux = nil
 	}
-	if e.udp != nil {
-		e.udp.Close()
-		e.udp = nil
+	for _, u := range e.udp {
+		u.Close()
 	}
+	e.udp = nil
 	if e.tcp != nil {
 		e.tcp.Close()
 		e.tcp = nil
