@@ -3,6 +3,7 @@ package peer
 import (
 	"context"
 	"regexp"
+	"sync/atomic"
 	"time"
 
 	"github.com/pion/webrtc/v4"
@@ -22,6 +23,36 @@ func Ufrag(sdp string) string {
 		return m[1]
 	}
 	return ""
+}
+
+// ICE gives a session the PATCH side of wish.Session: trickle, ICE restart
+// and the remote credentials that tell one from the other. WHIP and WHEP
+// sessions embed it.
+type ICE struct {
+	pc          *webrtc.PeerConnection
+	remoteUfrag atomic.Value // string
+}
+
+// NewICE starts tracking pc, whose remote offer was offer.
+func NewICE(pc *webrtc.PeerConnection, offer string) *ICE {
+	i := &ICE{pc: pc}
+	i.remoteUfrag.Store(Ufrag(offer))
+	return i
+}
+
+// RemoteUfrag is the remote's current ICE username fragment.
+func (i *ICE) RemoteUfrag() string { v, _ := i.remoteUfrag.Load().(string); return v }
+
+// Trickle adds remote candidates.
+func (i *ICE) Trickle(f wish.Fragment) error { return Trickle(i.pc, f) }
+
+// Restart restarts ICE with f's credentials and returns the answer fragment.
+func (i *ICE) Restart(f wish.Fragment) (string, error) {
+	frag, err := RestartICE(i.pc, f)
+	if err == nil {
+		i.remoteUfrag.Store(f.Ufrag)
+	}
+	return frag, err
 }
 
 // Trickle adds the fragment's candidates to pc (RFC 8840).

@@ -140,7 +140,7 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 		s.abort()
 		return nil, "", wish.Errorf(400, "bad_sdp", "cannot answer offer: %v", err)
 	}
-	s.remoteUfrag.Store(peer.Ufrag(o.SDP))
+	s.ICE = peer.NewICE(pc, o.SDP)
 	// Subscribe last: from here on the hubs queue packets for this viewer.
 	for _, o := range []*output{s.video, s.audio} {
 		if o != nil {
@@ -243,16 +243,16 @@ type session struct {
 	audio   *output
 	started time.Time
 
-	heard       chan struct{} // closed at the first RTCP from the viewer
-	heardOnce   sync.Once
-	remoteUfrag atomic.Value // string
-	connected   atomic.Bool
-	lastRTCP    atomic.Int64
-	done        chan struct{}
-	closeOnce   sync.Once
-	ended       func() // tells the resource table; may be nil
-	wg          sync.WaitGroup
-	mu          sync.Mutex
+	heard     chan struct{} // closed at the first RTCP from the viewer
+	heardOnce sync.Once
+	*peer.ICE // trickle and ICE restart (wish.Session)
+	connected atomic.Bool
+	lastRTCP  atomic.Int64
+	done      chan struct{}
+	closeOnce sync.Once
+	ended     func() // tells the resource table; may be nil
+	wg        sync.WaitGroup
+	mu        sync.Mutex
 }
 
 func (s *session) onState(st webrtc.PeerConnectionState) {
@@ -418,18 +418,6 @@ func (s *session) expired(now time.Time) string {
 		}
 	}
 	return ""
-}
-
-func (s *session) RemoteUfrag() string { v, _ := s.remoteUfrag.Load().(string); return v }
-
-func (s *session) Trickle(f wish.Fragment) error { return peer.Trickle(s.pc, f) }
-
-func (s *session) Restart(f wish.Fragment) (string, error) {
-	frag, err := peer.RestartICE(s.pc, f)
-	if err == nil {
-		s.remoteUfrag.Store(f.Ufrag)
-	}
-	return frag, err
 }
 
 // abort undoes a half-built session.

@@ -103,7 +103,7 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 		pc.Close()
 		return nil, "", wish.Errorf(400, "bad_sdp", "cannot answer offer: %v", errors.Unwrap(err))
 	}
-	s.remoteUfrag.Store(peer.Ufrag(o.SDP))
+	s.ICE = peer.NewICE(pc, o.SDP)
 	s.st = e.reg.Publish(o.Stream, s)
 	// Only now: a failed answer above closes pc, and that must not run Close.
 	pc.OnConnectionStateChange(s.onState)
@@ -121,13 +121,13 @@ type session struct {
 	stream string
 	log    *slog.Logger
 
-	remoteUfrag atomic.Value // string
-	connected   atomic.Bool
-	pli         chan uint32 // SSRC to send a PLI to; capacity 1
-	wg          sync.WaitGroup
-	closeOnce   sync.Once
-	ended       func() // tells the resource table; may be nil
-	done        chan struct{}
+	*peer.ICE // trickle and ICE restart (wish.Session)
+	connected atomic.Bool
+	pli       chan uint32 // SSRC to send a PLI to; capacity 1
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	ended     func() // tells the resource table; may be nil
+	done      chan struct{}
 
 	mu     sync.Mutex // orders goroutine starts before Close's wait
 	closed bool
@@ -243,18 +243,6 @@ func (s *session) read(tr *webrtc.TrackRemote, hub *media.Hub, src *media.Source
 		packets.Inc()
 		bytes.Add(float64(len(p.Payload)))
 	}
-}
-
-func (s *session) RemoteUfrag() string { v, _ := s.remoteUfrag.Load().(string); return v }
-
-func (s *session) Trickle(f wish.Fragment) error { return peer.Trickle(s.pc, f) }
-
-func (s *session) Restart(f wish.Fragment) (string, error) {
-	frag, err := peer.RestartICE(s.pc, f)
-	if err == nil {
-		s.remoteUfrag.Store(f.Ufrag)
-	}
-	return frag, err
 }
 
 // Close ends the session: the stream enters its grace period unless a new
