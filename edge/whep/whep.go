@@ -142,9 +142,9 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 	}
 	s.ICE = peer.NewICE(pc, o.SDP)
 	// Subscribe last: from here on the hubs queue packets for this viewer.
-	for _, o := range []*output{s.video, s.audio} {
-		if o != nil {
-			if o.sub = o.hub.Subscribe(); o.sub == nil {
+	for _, out := range []*output{s.video, s.audio} {
+		if out != nil {
+			if out.sub = out.hub.Subscribe(); out.sub == nil {
 				s.abort()
 				return nil, "", wish.ErrNotFound // the stream ended meanwhile
 			}
@@ -193,9 +193,7 @@ func (s *session) addTrack(kind webrtc.RTPCodecType, hub *media.Hub, codec webrt
 	o.packets = m.packets.WithLabelValues(s.stream, o.kind)
 	o.bytes = m.bytes.WithLabelValues(s.stream, o.kind)
 	o.drops = m.drops.WithLabelValues(s.stream, o.kind)
-	s.mu.Lock()
-	s.wg.Add(1)
-	s.mu.Unlock()
+	s.wg.Add(1) // Offer's goroutine: nothing can Wait before it returns
 	go s.readRTCP(sender, o)
 	return o, nil
 }
@@ -252,7 +250,6 @@ type session struct {
 	closeOnce sync.Once
 	ended     func() // tells the resource table; may be nil
 	wg        sync.WaitGroup
-	mu        sync.Mutex
 }
 
 func (s *session) onState(st webrtc.PeerConnectionState) {

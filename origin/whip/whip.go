@@ -97,7 +97,6 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 		e: e, pc: pc, stream: o.Stream, done: make(chan struct{}), pli: make(chan uint32, 1), ended: o.Ended,
 		log: e.log.With("stream", o.Stream, "remote", o.Remote),
 	}
-	pc.OnTrack(s.onTrack)
 	answer, err := peer.Answer(ctx, pc, o.SDP)
 	if err != nil {
 		pc.Close()
@@ -105,7 +104,10 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 	}
 	s.ICE = peer.NewICE(pc, o.SDP)
 	s.st = e.reg.Publish(o.Stream, s)
-	// Only now: a failed answer above closes pc, and that must not run Close.
+	// Only now, with the stream known: a failed answer above closes pc, and
+	// that must not run Close. Tracks cannot arrive before the peer has
+	// our answer, so nothing is missed.
+	pc.OnTrack(s.onTrack)
 	pc.OnConnectionStateChange(s.onState)
 	s.wg.Add(1)
 	go s.run()
