@@ -179,10 +179,12 @@ func FuzzKeyClock(f *testing.F) {
 		for i := int64(0); i < int64(n); i++ {
 			pts := start + i*step
 			if k.Keyframe(pts) {
-				// Keyframes on a regular timeline are at least an interval
-				// apart (except the first).
-				if last != -1<<62 && pts-last < interval && step > 0 {
-					t.Fatalf("keyframes %d and %d closer than %d", last, pts, interval)
+				// Keyframes sit on the first frame at or past each grid
+				// point, so on a regular timeline two of them are never
+				// closer than an interval less one frame, nor further apart
+				// than an interval plus one frame.
+				if last != -1<<62 && step > 0 && (pts-last <= interval-step || pts-last >= interval+step) {
+					t.Fatalf("keyframes %d and %d are %d apart; interval %d, frame %d", last, pts, pts-last, interval, step)
 				}
 				last = pts
 			}
