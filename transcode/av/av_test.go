@@ -1,0 +1,272 @@
+package av
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/cascade-cdn/cascade/media/h264"
+	"github.com/cascade-cdn/cascade/transcode/ladder"
+)
+
+// source encodes a clip with Debian's ffmpeg: 720p30 testsrc2, High
+// profile with B-frames (what OBS sends by default). It returns the access
+// units in decode order with their presentation timestamps in 90 kHz
+// ticks, as they would arrive over RTP.
+func source(t *testing.T, seconds string) (aus [][]byte, pts []int64) {
+	t.Helper()
+	ffmpeg, err := exec.LookPath("ffmpeg")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("ffmpeg missing: CI must install it")
+		}
+		t.Skip("ffmpeg not installed")
+	}
+	dir := t.TempDir()
+	mkv, raw := filepath.Join(dir, "src.mkv"), filepath.Join(dir, "src.h264")
+	run := func(name string, args ...string) []byte {
+		out, err := exec.Command(name, args...).Output()
+		if err != nil {
+			t.Fatalf("%s %v: %v", name, args, err)
+		}
+		return out
+	}
+	run(ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-t", seconds,
+		"-c:v", "libx264", "-profile:v", "high", "-bf", "2", "-g", "90", "-pix_fmt", "yuv420p", mkv)
+	// The same packets as Annex-B, with a delimiter before each access unit.
+	run(ffmpeg, "-v", "error", "-i", mkv, "-c:v", "copy", "-bsf:v", "h264_mp4toannexb,h264_metadata=aud=insert", "-f", "h264", raw)
+	probe := run(strings.TrimSuffix(ffmpeg, "ffmpeg")+"ffprobe", "-v", "error", "-select_streams", "v",
+		"-show_entries", "packet=pts_time", "-of", "csv=p=0", mkv)
+	for _, line := range strings.Fields(string(probe)) {
+		sec, err := strconv.ParseFloat(line, 64)
+		if err != nil {
+			t.Fatalf("ffprobe: %q", line)
+		}
+		pts = append(pts, int64(sec*90000+0.5))
+	}
+	data, err := os.ReadFile(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	aus = splitAUs(data)
+	if len(aus) != len(pts) {
+		t.Fatalf("%d access units but %d timestamps", len(aus), len(pts))
+	}
+	return aus, pts
+}
+
+// nals splits an Annex-B stream at its start codes.
+func nals(b []byte) [][]byte {
+	var out [][]byte
+	start := -1
+	for i := 0; i+2 < len(b); i++ {
+		if b[i] == 0 && b[i+1] == 0 && b[i+2] == 1 {
+			if start >= 0 {
+				out = append(out, bytes.TrimRight(b[start:i], "\x00"))
+			}
+			start = i + 3
+			i += 2
+		}
+	}
+	if start >= 0 && start < len(b) {
+		out = append(out, b[start:])
+	}
+	return out
+}
+
+// splitAUs cuts an Annex-B stream before each access unit delimiter.
+func splitAUs(b []byte) [][]byte {
+	var aus [][]byte
+	var cur []byte
+	for _, n := range nals(b) {
+		if len(n) > 0 && n[0]&0x1f == h264.NALUAUD && len(cur) > 0 {
+			aus = append(aus, cur)
+			cur = nil
+		}
+		cur = append(cur, 0, 0, 0, 1)
+		cur = append(cur, n...)
+	}
+	if len(cur) > 0 {
+		aus = append(aus, cur)
+	}
+	return aus
+}
+
+type rungOut struct {
+	name    string
+	w, h    int
+	enc     *Encoder
+	scale   *Scaler
+	aus     [][]byte
+	pts     []int64
+	idrs    []int64
+	spsSeen bool
+}
+
+// TestLadderAlignedIDRs decodes a High-profile source with B-frames once,
+// scales it to two rungs, encodes each on the shared keyframe clock, then
+// decodes every output again: each rung must be constrained baseline at its
+// size, keep the source frame timestamps, and carry IDRs (with SPS/PPS) on
+// exactly the same frames.
+func TestLadderAlignedIDRs(t *testing.T) {
+	src, srcPTS := source(t, "3")
+	rungs := []*rungOut{{name: "360p", w: 640, h: 360}, {name: "240p", w: 426, h: 240}}
+	for _, r := range rungs {
+		var err error
+		r.enc, err = NewEncoder(EncoderConfig{Width: r.w, Height: r.h, Bitrate: 600_000, FPS: 30, Preset: "veryfast"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.enc.Close()
+		r.scale = NewScaler(r.w, r.h)
+		defer r.scale.Close()
+	}
+	dec, err := NewDecoder()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dec.Close()
+
+	clock := ladder.NewKeyClock(90000)
+	var clockKeys []int64
+	decoded := 0
+	for i, au := range src {
+		// Source frames carry presentation timestamps; with B-frames they
+		// come out of the decoder reordered into presentation order.
+		err := dec.Decode(au, srcPTS[i], func(f *Frame) error {
+			decoded++
+			key := clock.Keyframe(f.PTS())
+			if key {
+				clockKeys = append(clockKeys, f.PTS())
+			}
+			for _, r := range rungs {
+				sf, err := r.scale.Scale(f)
+				if err != nil {
+					return err
+				}
+				if err := r.enc.Encode(sf, key, func(p Packet) error {
+					r.aus = append(r.aus, append([]byte(nil), p.Data...))
+					r.pts = append(r.pts, p.PTS)
+					if p.Keyframe {
+						r.idrs = append(r.idrs, p.PTS)
+					}
+					return nil
+				}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("AU %d: %v", i, err)
+		}
+	}
+	if decoded < len(src)-5 { // the decoder holds a few frames for reordering
+		t.Fatalf("decoded %d of %d source frames", decoded, len(src))
+	}
+	if len(clockKeys) < 3 {
+		t.Fatalf("keyframe clock chose %v over 3 s", clockKeys)
+	}
+	for _, r := range rungs {
+		if len(r.idrs) != len(clockKeys) {
+			t.Errorf("%s: IDRs at %v, clock chose %v", r.name, r.idrs, clockKeys)
+			continue
+		}
+		for i := range r.idrs {
+			if r.idrs[i] != clockKeys[i] {
+				t.Errorf("%s: IDRs at %v, clock chose %v", r.name, r.idrs, clockKeys)
+				break
+			}
+		}
+		// At most one frame of encoder delay, no reordering: output
+		// timestamps increase strictly.
+		if len(r.pts) < decoded-1 {
+			t.Errorf("%s: %d packets for %d frames", r.name, len(r.pts), decoded)
+		}
+		for i := 1; i < len(r.pts); i++ {
+			if r.pts[i] <= r.pts[i-1] {
+				t.Fatalf("%s: output timestamps not increasing: %d after %d", r.name, r.pts[i], r.pts[i-1])
+			}
+		}
+		checkBitstream(t, r)
+	}
+}
+
+// checkBitstream parses the rung's own output: SPS/PPS before every IDR,
+// constrained baseline at the rung's size, and decodable at that size.
+func checkBitstream(t *testing.T, r *rungOut) {
+	t.Helper()
+	for i, au := range r.aus {
+		var sps, pps, idr bool
+		for _, n := range nals(au) {
+			switch n[0] & 0x1f {
+			case h264.NALUSPS:
+				sps = true
+				s, err := h264.ParseSPS(n)
+				if err != nil {
+					t.Fatalf("%s: AU %d: %v", r.name, i, err)
+				}
+				if s.ProfileIDC != 66 || s.ConstraintSet&0x40 == 0 || s.Width != r.w || s.Height != r.h {
+					t.Fatalf("%s: SPS profile %d constraints %#x size %dx%d, want constrained baseline %dx%d",
+						r.name, s.ProfileIDC, s.ConstraintSet, s.Width, s.Height, r.w, r.h)
+				}
+			case h264.NALUPPS:
+				pps = true
+			case h264.NALUIDR:
+				idr = true
+			}
+		}
+		if idr && (!sps || !pps) {
+			t.Fatalf("%s: IDR in AU %d without SPS/PPS before it", r.name, i)
+		}
+	}
+	dec, err := NewDecoder()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dec.Close()
+	frames := 0
+	for i, au := range r.aus {
+		if err := dec.Decode(au, r.pts[i], func(f *Frame) error {
+			if f.Width() != r.w || f.Height() != r.h {
+				t.Fatalf("%s: decoded %dx%d", r.name, f.Width(), f.Height())
+			}
+			frames++
+			return nil
+		}); err != nil {
+			t.Fatalf("%s: AU %d does not decode: %v", r.name, i, err)
+		}
+	}
+	if frames < len(r.aus)-1 {
+		t.Errorf("%s: %d of %d access units decoded to frames", r.name, frames, len(r.aus))
+	}
+}
+
+func TestDecoderSurvivesGarbage(t *testing.T) {
+	dec, err := NewDecoder()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dec.Close()
+	for _, au := range [][]byte{
+		{0, 0, 0, 1, 0x65, 0xff, 0xff},   // IDR slice with no SPS/PPS
+		{0, 0, 0, 1, 0x67, 0x42},         // truncated SPS
+		bytes.Repeat([]byte{0xab}, 4096), // noise
+		{},                               // empty
+	} {
+		_ = dec.Decode(au, 0, func(*Frame) error { return nil }) // an error is fine; a crash is not
+	}
+	// It still decodes a real stream afterwards.
+	src, pts := source(t, "1")
+	frames := 0
+	for i, au := range src {
+		dec.Decode(au, pts[i], func(*Frame) error { frames++; return nil })
+	}
+	if frames == 0 {
+		t.Fatal("decoder did not recover after garbage")
+	}
+}
