@@ -2,99 +2,12 @@ package av
 
 import (
 	"bytes"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 
 	"github.com/cascade-cdn/cascade/media/h264"
 	"github.com/cascade-cdn/cascade/transcode/ladder"
+	"github.com/cascade-cdn/cascade/transcode/transcodetest"
 )
-
-// source encodes a clip with Debian's ffmpeg: 720p30 testsrc2, High
-// profile with B-frames (what OBS sends by default). It returns the access
-// units in decode order with their presentation timestamps in 90 kHz
-// ticks, as they would arrive over RTP.
-func source(t *testing.T, seconds string) (aus [][]byte, pts []int64) {
-	t.Helper()
-	ffmpeg, err := exec.LookPath("ffmpeg")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("ffmpeg missing: CI must install it")
-		}
-		t.Skip("ffmpeg not installed")
-	}
-	dir := t.TempDir()
-	mkv, raw := filepath.Join(dir, "src.mkv"), filepath.Join(dir, "src.h264")
-	run := func(name string, args ...string) []byte {
-		out, err := exec.Command(name, args...).Output()
-		if err != nil {
-			t.Fatalf("%s %v: %v", name, args, err)
-		}
-		return out
-	}
-	run(ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-t", seconds,
-		"-c:v", "libx264", "-profile:v", "high", "-bf", "2", "-g", "90", "-pix_fmt", "yuv420p", mkv)
-	// The same packets as Annex-B, with a delimiter before each access unit.
-	run(ffmpeg, "-v", "error", "-i", mkv, "-c:v", "copy", "-bsf:v", "h264_mp4toannexb,h264_metadata=aud=insert", "-f", "h264", raw)
-	probe := run(strings.TrimSuffix(ffmpeg, "ffmpeg")+"ffprobe", "-v", "error", "-select_streams", "v",
-		"-show_entries", "packet=pts_time", "-of", "csv=p=0", mkv)
-	for _, line := range strings.Fields(string(probe)) {
-		sec, err := strconv.ParseFloat(line, 64)
-		if err != nil {
-			t.Fatalf("ffprobe: %q", line)
-		}
-		pts = append(pts, int64(sec*90000+0.5))
-	}
-	data, err := os.ReadFile(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	aus = splitAUs(data)
-	if len(aus) != len(pts) {
-		t.Fatalf("%d access units but %d timestamps", len(aus), len(pts))
-	}
-	return aus, pts
-}
-
-// nals splits an Annex-B stream at its start codes.
-func nals(b []byte) [][]byte {
-	var out [][]byte
-	start := -1
-	for i := 0; i+2 < len(b); i++ {
-		if b[i] == 0 && b[i+1] == 0 && b[i+2] == 1 {
-			if start >= 0 {
-				out = append(out, bytes.TrimRight(b[start:i], "\x00"))
-			}
-			start = i + 3
-			i += 2
-		}
-	}
-	if start >= 0 && start < len(b) {
-		out = append(out, b[start:])
-	}
-	return out
-}
-
-// splitAUs cuts an Annex-B stream before each access unit delimiter.
-func splitAUs(b []byte) [][]byte {
-	var aus [][]byte
-	var cur []byte
-	for _, n := range nals(b) {
-		if len(n) > 0 && n[0]&0x1f == h264.NALUAUD && len(cur) > 0 {
-			aus = append(aus, cur)
-			cur = nil
-		}
-		cur = append(cur, 0, 0, 0, 1)
-		cur = append(cur, n...)
-	}
-	if len(cur) > 0 {
-		aus = append(aus, cur)
-	}
-	return aus
-}
 
 type rungOut struct {
 	name    string
@@ -113,7 +26,7 @@ type rungOut struct {
 // size, keep the source frame timestamps, and carry IDRs (with SPS/PPS) on
 // exactly the same frames.
 func TestLadderAlignedIDRs(t *testing.T) {
-	src, srcPTS := source(t, "3")
+	src, srcPTS := transcodetest.Source(t, "3", "high")
 	rungs := []*rungOut{{name: "360p", w: 640, h: 360}, {name: "240p", w: 426, h: 240}}
 	for _, r := range rungs {
 		var err error
@@ -202,7 +115,7 @@ func checkBitstream(t *testing.T, r *rungOut) {
 	t.Helper()
 	for i, au := range r.aus {
 		var sps, pps, idr bool
-		for _, n := range nals(au) {
+		for _, n := range transcodetest.NALs(au) {
 			switch n[0] & 0x1f {
 			case h264.NALUSPS:
 				sps = true
@@ -261,7 +174,7 @@ func TestDecoderSurvivesGarbage(t *testing.T) {
 		_ = dec.Decode(au, 0, func(*Frame) error { return nil }) // an error is fine; a crash is not
 	}
 	// It still decodes a real stream afterwards.
-	src, pts := source(t, "1")
+	src, pts := transcodetest.Source(t, "1", "high")
 	frames := 0
 	for i, au := range src {
 		dec.Decode(au, pts[i], func(*Frame) error { frames++; return nil })

@@ -1,5 +1,7 @@
 package ladder
 
+import "sync/atomic"
+
 // KeyClock decides, once per source frame, whether the transcoded rungs put
 // an IDR on it. Every rung's encoder obeys the same decision, so keyframes
 // are aligned across the ladder by construction: an edge can move a viewer
@@ -14,7 +16,7 @@ type KeyClock struct {
 	interval int64 // in source clock ticks
 	next     int64
 	started  bool
-	forced   bool
+	forced   atomic.Bool // set from any goroutine
 }
 
 // NewKeyClock returns a clock with the given interval in clock ticks
@@ -28,16 +30,18 @@ func NewKeyClock(intervalTicks int64) *KeyClock {
 
 // Force makes the next frame a keyframe (an early aligned IDR that an edge
 // asked for, or a decoder recovery). The grid restarts from that frame.
-func (k *KeyClock) Force() { k.forced = true }
+// Unlike Keyframe, it is safe to call from any goroutine.
+func (k *KeyClock) Force() { k.forced.Store(true) }
 
 // Keyframe reports whether the frame at pts (unwrapped, non-decreasing for
 // well-behaved sources) must be an IDR on every rung.
 func (k *KeyClock) Keyframe(pts int64) bool {
+	forced := k.forced.Swap(false)
 	switch {
-	case !k.started || k.forced || pts < k.next-k.interval:
+	case !k.started || forced || pts < k.next-k.interval:
 		// First frame, a forced one, or a timestamp that went backwards
 		// past the last grid point: start a grid here.
-		k.started, k.forced = true, false
+		k.started = true
 		k.next = pts + k.interval
 		return true
 	case pts >= k.next:

@@ -1,0 +1,233 @@
+package transcode
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/pion/rtp/codecs"
+
+	"github.com/cascade-cdn/cascade/media"
+	"github.com/cascade-cdn/cascade/media/h264"
+	"github.com/cascade-cdn/cascade/transcode/av"
+	"github.com/cascade-cdn/cascade/transcode/ladder"
+)
+
+// Config is the transcoder configuration (config key "transcode").
+type Config struct {
+	Ladder []ladder.RungConfig `yaml:"ladder"`
+	// KeyframeInterval is the shared keyframe clock of every rung.
+	KeyframeInterval time.Duration `yaml:"keyframe_interval"`
+	// Encoder is the libavcodec encoder name.
+	Encoder string `yaml:"encoder"`
+	// Preset is the x264 speed preset.
+	Preset string `yaml:"preset"`
+}
+
+// DefaultConfig is the design's ladder on a 1 s keyframe clock.
+func DefaultConfig() Config {
+	return Config{Ladder: ladder.DefaultRungs(), KeyframeInterval: time.Second, Encoder: "libx264", Preset: "veryfast"}
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if c.KeyframeInterval < 100*time.Millisecond || c.KeyframeInterval > 10*time.Second {
+		return errors.New("transcode.keyframe_interval must be between 100ms and 10s")
+	}
+	return ladder.ValidateRungs(c.Ladder)
+}
+
+// Output is one transcoded rung and the hub its packets are published on.
+type Output struct {
+	Rung ladder.Rung
+	Hub  *media.Hub
+}
+
+// Listener hears about a pipeline's ladder. Calls come from the pipeline's
+// goroutine and must not block.
+type Listener interface {
+	// LadderChanged gives the current transcoded rungs (none when the
+	// pipeline ends). A source resolution change replaces them all.
+	LadderChanged(outs []Output)
+}
+
+// Pipeline decodes one stream's video once and encodes every rung below
+// the source on one keyframe clock.
+type Pipeline struct {
+	cfg  Config
+	sub  *media.Subscriber
+	lis  Listener
+	log  *slog.Logger
+	done chan struct{}
+	once sync.Once
+	wg   sync.WaitGroup
+
+	// Owned by the pipeline goroutine.
+	asm    h264.Assembler
+	unwrap ladder.Unwrapper
+	dec    *av.Decoder
+	clock  *ladder.KeyClock
+	rungs  []*rung
+	srcW   int
+	srcH   int
+	frames uint64
+	errs   uint64
+}
+
+type rung struct {
+	out   Output
+	scale *av.Scaler
+	enc   *av.Encoder
+	src   *media.Source
+	pay   codecs.H264Payloader
+	seq   uint16
+}
+
+// Start subscribes to src (a video hub carrying H.264) and transcodes it
+// until src ends or Close is called.
+func Start(cfg Config, src *media.Hub, lis Listener, log *slog.Logger) (*Pipeline, error) {
+	dec, err := av.NewDecoder()
+	if err != nil {
+		return nil, err
+	}
+	sub := src.Subscribe()
+	if sub == nil {
+		dec.Close()
+		return nil, errors.New("transcode: source hub is closed")
+	}
+	p := &Pipeline{
+		cfg: cfg, sub: sub, lis: lis, dec: dec, done: make(chan struct{}),
+		clock: ladder.NewKeyClock(int64(cfg.KeyframeInterval.Seconds() * 90000)),
+		log:   log.With("component", "transcode"),
+	}
+	p.wg.Add(1)
+	go p.run()
+	return p, nil
+}
+
+func (p *Pipeline) run() {
+	defer p.wg.Done()
+	defer p.teardown()
+	batch := make([]media.Entry, 0, 64)
+	for {
+		select {
+		case <-p.done:
+			return
+		case <-p.sub.Done():
+			return
+		case <-p.sub.Wake():
+		}
+		batch = p.sub.Pop(batch[:0])
+		for _, e := range batch {
+			pk := e.Packet
+			if e.Resync {
+				p.asm = h264.Assembler{} // the hub skipped packets: start clean
+			}
+			au := p.asm.Push(pk.SequenceNumber, pk.Timestamp, pk.Marker, pk.Payload)
+			if au == nil || len(au.Data) == 0 {
+				continue
+			}
+			if err := p.dec.Decode(au.Data, p.unwrap.Unwrap(au.Timestamp), p.frame); err != nil {
+				p.errs++
+				if p.errs&(p.errs-1) == 0 { // log the 1st, 2nd, 4th, 8th... error
+					p.log.Warn("decode failed; recovering at the next keyframe", "err", err, "errors", p.errs)
+				}
+				p.clock.Force() // the rungs restart with an IDR after the damage
+			}
+		}
+		clear(batch)
+	}
+}
+
+// frame encodes one decoded source frame into every rung.
+func (p *Pipeline) frame(f *av.Frame) error {
+	if f.Width() != p.srcW || f.Height() != p.srcH {
+		if err := p.rebuild(f.Width(), f.Height()); err != nil {
+			return err
+		}
+	}
+	p.frames++
+	key := p.clock.Keyframe(f.PTS())
+	for _, r := range p.rungs {
+		sf, err := r.scale.Scale(f)
+		if err != nil {
+			return err
+		}
+		if err := r.enc.Encode(sf, key, r.publish); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// publish packetizes one encoded access unit onto the rung's hub.
+func (r *rung) publish(pk av.Packet) error {
+	payloads := r.pay.Payload(1200, pk.Data)
+	for i, pl := range payloads {
+		r.src.Write(&media.Packet{
+			SequenceNumber: r.seq, Timestamp: uint32(pk.PTS), Marker: i == len(payloads)-1,
+			Payload: pl, Keyframe: pk.Keyframe && i == 0,
+		})
+		r.seq++
+	}
+	return nil
+}
+
+// rebuild plans the ladder for a (new) source size: at the start, and when
+// the publisher changes resolution mid-stream (an OBS canvas change).
+func (p *Pipeline) rebuild(w, h int) error {
+	p.closeRungs()
+	plan, err := ladder.Plan(p.cfg.Ladder, ladder.Source{Codec: "H264", Width: w, Height: h})
+	if err != nil {
+		return err
+	}
+	var outs []Output
+	for _, pr := range plan[1:] { // plan[0] is the source, passed through
+		enc, err := av.NewEncoder(av.EncoderConfig{Name: p.cfg.Encoder, Width: pr.Width, Height: pr.Height,
+			Bitrate: pr.Bitrate, FPS: 30, Preset: p.cfg.Preset})
+		if err != nil {
+			p.closeRungs()
+			return fmt.Errorf("transcode: rung %s: %w", pr.Name, err)
+		}
+		hub := media.NewHub(media.DefaultHubConfig(media.Video, "H264", 90000))
+		// Viewers' keyframe requests on a rung move the shared clock, so
+		// every rung's next IDR comes early and stays aligned.
+		hub.SetKeyframeRequester(p.clock.Force)
+		r := &rung{out: Output{Rung: pr, Hub: hub}, scale: av.NewScaler(pr.Width, pr.Height), enc: enc, src: hub.NewSource()}
+		p.rungs = append(p.rungs, r)
+		outs = append(outs, r.out)
+	}
+	p.srcW, p.srcH = w, h
+	p.clock.Force()
+	p.log.Info("ladder planned", "source", fmt.Sprintf("%dx%d", w, h), "rungs", len(outs))
+	if p.lis != nil {
+		p.lis.LadderChanged(outs)
+	}
+	return nil
+}
+
+func (p *Pipeline) closeRungs() {
+	for _, r := range p.rungs {
+		r.enc.Close()
+		r.scale.Close()
+		r.out.Hub.Close()
+	}
+	p.rungs = nil
+}
+
+func (p *Pipeline) teardown() {
+	p.closeRungs()
+	if p.lis != nil {
+		p.lis.LadderChanged(nil)
+	}
+	p.sub.Close()
+	p.dec.Close()
+}
+
+// Close stops the pipeline and waits for it. Idempotent.
+func (p *Pipeline) Close() {
+	p.once.Do(func() { close(p.done) })
+	p.wg.Wait()
+}

@@ -1,0 +1,153 @@
+package transcode
+
+import (
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pion/rtp/codecs"
+	"go.uber.org/goleak"
+
+	"github.com/cascade-cdn/cascade/media"
+	"github.com/cascade-cdn/cascade/media/h264"
+	"github.com/cascade-cdn/cascade/transcode/av"
+	"github.com/cascade-cdn/cascade/transcode/transcodetest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type ladderLog struct {
+	mu   sync.Mutex
+	outs []Output
+	seen chan struct{}
+}
+
+func (l *ladderLog) LadderChanged(outs []Output) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(outs) > 0 && l.outs == nil {
+		close(l.seen)
+	}
+	if len(outs) > 0 {
+		l.outs = outs
+	}
+}
+
+// TestPipelineAlignedRungs publishes a real 720p H.264 stream into a hub as
+// RTP, in real time, and reads every rung the pipeline makes: each is
+// decodable at its planned size, and all put keyframes on the same
+// timestamps.
+func TestPipelineAlignedRungs(t *testing.T) {
+	aus, pts := transcodetest.Source(t, "3", "baseline")
+	src := media.NewHub(media.DefaultHubConfig(media.Video, "H264", 90000))
+	defer src.Close()
+	lis := &ladderLog{seen: make(chan struct{})}
+	p, err := Start(DefaultConfig(), src, lis, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+
+	w := src.NewSource()
+	var pay codecs.H264Payloader
+	seq := uint16(1000)
+	type rungRead struct {
+		out  Output
+		sub  *media.Subscriber
+		asm  h264.Assembler
+		keys []uint32
+		aus  [][]byte
+	}
+	var reads []*rungRead
+	drain := func() {
+		for _, r := range reads {
+			for _, e := range r.sub.Pop(nil) {
+				if au := r.asm.Push(e.Packet.SequenceNumber, e.Packet.Timestamp, e.Packet.Marker, e.Packet.Payload); au != nil {
+					if au.Damaged {
+						t.Fatalf("%s: damaged access unit at %d", r.out.Rung.Name, au.Timestamp)
+					}
+					if au.Keyframe {
+						r.keys = append(r.keys, au.Timestamp)
+					}
+					r.aus = append(r.aus, append([]byte(nil), au.Data...))
+				}
+			}
+		}
+	}
+	tick := time.NewTicker(time.Second / 30) // the source's own pace
+	defer tick.Stop()
+	for i, au := range aus {
+		<-tick.C
+		payloads := pay.Payload(1200, au)
+		for j, pl := range payloads {
+			w.Write(&media.Packet{SequenceNumber: seq, Timestamp: uint32(pts[i] + 12345), Marker: j == len(payloads)-1, Payload: pl})
+			seq++
+		}
+		if reads == nil {
+			select {
+			case <-lis.seen:
+				lis.mu.Lock()
+				for _, o := range lis.outs {
+					reads = append(reads, &rungRead{out: o, sub: o.Hub.Subscribe()})
+				}
+				lis.mu.Unlock()
+			default:
+			}
+		}
+		drain()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) && (len(reads) == 0 || len(reads[0].aus) < len(aus)-15) {
+		time.Sleep(20 * time.Millisecond)
+		drain()
+	}
+	if len(reads) != 3 {
+		t.Fatalf("720p source gave %d rungs, want 480p, 360p, 240p", len(reads))
+	}
+	for _, r := range reads {
+		if len(r.aus) < len(aus)-15 {
+			t.Fatalf("%s: %d access units for %d source frames", r.out.Rung.Name, len(r.aus), len(aus))
+		}
+		if len(r.keys) < 2 || len(r.keys) != len(reads[0].keys) {
+			t.Fatalf("%s: keyframes at %v; %s at %v", r.out.Rung.Name, r.keys, reads[0].out.Rung.Name, reads[0].keys)
+		}
+		for i := range r.keys {
+			if r.keys[i] != reads[0].keys[i] {
+				t.Fatalf("%s: keyframes at %v; %s at %v", r.out.Rung.Name, r.keys, reads[0].out.Rung.Name, reads[0].keys)
+			}
+		}
+		dec, err := av.NewDecoder()
+		if err != nil {
+			t.Fatal(err)
+		}
+		frames := 0
+		for i, au := range r.aus {
+			if err := dec.Decode(au, int64(i), func(f *av.Frame) error {
+				if f.Width() != r.out.Rung.Width || f.Height() != r.out.Rung.Height {
+					t.Errorf("%s: frame %dx%d", r.out.Rung.Name, f.Width(), f.Height())
+				}
+				frames++
+				return nil
+			}); err != nil {
+				t.Fatalf("%s: %v", r.out.Rung.Name, err)
+			}
+		}
+		dec.Close()
+		if frames < len(r.aus)-1 {
+			t.Errorf("%s: %d frames from %d access units", r.out.Rung.Name, frames, len(r.aus))
+		}
+		r.sub.Close()
+	}
+	// The source timestamps carry through: the first keyframe is a source
+	// frame's timestamp (offset included).
+	first := reads[0].keys[0]
+	found := false
+	for _, p := range pts {
+		found = found || uint32(p+12345) == first
+	}
+	if !found {
+		t.Errorf("rung keyframe timestamp %d is not a source timestamp", first)
+	}
+}
