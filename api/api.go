@@ -75,6 +75,9 @@ func toJSON(s *registry.Stream) Stream {
 			Name: "source", Codec: "H264", Width: i.Width, Height: i.Height, Bitrate: s.VideoBitrate(),
 		})
 	}
+	for _, r := range s.Renditions() {
+		out.Renditions = append(out.Renditions, Rendition{Name: r.Name, Codec: "H264", Width: r.Width, Height: r.Height, Bitrate: int64(r.Bitrate)})
+	}
 	if i.Audio.Packets > 0 {
 		out.Audio = &Audio{Codec: "opus"}
 	}

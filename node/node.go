@@ -21,10 +21,12 @@ import (
 
 	"github.com/cascade-cdn/cascade/api"
 	"github.com/cascade-cdn/cascade/edge/whep"
+	"github.com/cascade-cdn/cascade/media"
 	"github.com/cascade-cdn/cascade/origin/auth"
 	"github.com/cascade-cdn/cascade/origin/registry"
 	"github.com/cascade-cdn/cascade/origin/whip"
 	"github.com/cascade-cdn/cascade/peer"
+	"github.com/cascade-cdn/cascade/transcode"
 	"github.com/cascade-cdn/cascade/web"
 	"github.com/cascade-cdn/cascade/wish"
 )
@@ -38,6 +40,7 @@ type Config struct {
 	ICEServers []wish.ICEServer `yaml:"ice_servers"`
 	Auth       auth.Config      `yaml:"auth"`
 	Streams    registry.Config  `yaml:"streams"`
+	Transcode  transcode.Config `yaml:"transcode"`
 	// Pprof serves Go's profiler under /debug/pprof/ on the HTTP port.
 	// Off by default: profiles reveal internals.
 	Pprof bool `yaml:"pprof"`
@@ -49,10 +52,11 @@ func DefaultConfig() Config {
 	a := auth.DefaultConfig()
 	a.OpenPublish = true
 	return Config{
-		HTTP:    ":8080",
-		WebRTC:  peer.DefaultConfig(),
-		Auth:    a,
-		Streams: registry.DefaultConfig(),
+		HTTP:      ":8080",
+		WebRTC:    peer.DefaultConfig(),
+		Auth:      a,
+		Streams:   registry.DefaultConfig(),
+		Transcode: transcode.DefaultConfig(),
 	}
 }
 
@@ -64,6 +68,9 @@ func TestConfig() Config {
 	c.WebRTC.Listen = "127.0.0.1:0"
 	c.Streams.GracePeriod = 2 * time.Second
 	c.Streams.SilenceTimeout = 2 * time.Second
+	// Test publishers send synthetic slices no decoder accepts; tests of
+	// the ladder turn it on and publish real H.264.
+	c.Transcode.Enabled = false
 	return c
 }
 
@@ -77,6 +84,9 @@ func (c Config) Validate() error {
 	}
 	if c.Streams.GracePeriod < 0 || c.Streams.SilenceTimeout <= 0 {
 		return errors.New("streams: grace_period must be >= 0 and silence_timeout > 0")
+	}
+	if err := c.Transcode.Validate(); err != nil {
+		return err
 	}
 	for name := range c.Auth.PublishKeys {
 		if !wish.ValidStreamName(name) {
@@ -95,6 +105,7 @@ type Node struct {
 	whip *wish.Handler
 	whep *wish.Handler
 	api  *api.API
+	tc   *transcoders
 	ln   net.Listener
 	srv  *http.Server
 
@@ -127,7 +138,12 @@ func New(cfg Config, log *slog.Logger) (n *Node, err error) {
 	wm := wish.NewMetrics(pr)
 	ingest := whip.New(n.eng, n.reg, cfg.Auth, pr, log)
 	playback := whep.New(n.eng, streams{n.reg}, pr, log)
+	n.tc = &transcoders{cfg: cfg.Transcode, log: log, running: map[string]*transcode.Pipeline{}}
+	if cfg.Transcode.Enabled {
+		n.reg.OnStart(n.tc.start)
+	}
 	n.reg.OnEnd(func(name string) {
+		n.tc.stop(name)
 		ingest.Forget(name)
 		playback.Forget(name)
 	})
@@ -206,6 +222,9 @@ func (n *Node) Close() error {
 		if n.reg != nil {
 			n.reg.Close()
 		}
+		if n.tc != nil {
+			n.tc.closeAll()
+		}
 		if n.srv != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			n.srv.Shutdown(ctx)
@@ -228,7 +247,18 @@ func (s streams) Lookup(name string) (whep.Source, bool) {
 	if st == nil {
 		return whep.Source{}, false
 	}
-	return whep.Source{Video: st.Video, Audio: st.Audio, AddViewers: st.AddViewers}, true
+	return whep.Source{Video: st.Video, Audio: st.Audio, AddViewers: st.AddViewers,
+		Rendition: func(name string) (*media.Hub, []string) {
+			names := []string{"source"}
+			var found *media.Hub
+			for _, r := range st.Renditions() {
+				names = append(names, r.Name)
+				if r.Name == name {
+					found = r.Hub
+				}
+			}
+			return found, names
+		}}, true
 }
 
 // Sessions returns the open WHIP and WHEP sessions.

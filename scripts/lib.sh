@@ -1,6 +1,12 @@
 # Shared by scripts/run and scripts/test: install missing Debian packages.
 # shellcheck shell=bash
 
+# NODE_PACKAGES are what building and running cascade needs: the
+# transcoder reaches libavcodec, libswscale and libx264 through cgo
+# (go-astiav, which needs the headers of every FFmpeg library).
+NODE_PACKAGES=(ca-certificates gcc pkg-config libavcodec-dev libavformat-dev libavutil-dev
+	libswscale-dev libswresample-dev libavfilter-dev libavdevice-dev libx264-dev)
+
 # ensure_packages PKG...: apt-get installs the packages that are missing
 # (as root, or through sudo), once per call.
 ensure_packages() {

@@ -17,7 +17,9 @@ import (
 
 // Config is the transcoder configuration (config key "transcode").
 type Config struct {
-	Ladder []ladder.RungConfig `yaml:"ladder"`
+	// Enabled turns the ladder on; off, viewers get the source only.
+	Enabled bool                `yaml:"enabled"`
+	Ladder  []ladder.RungConfig `yaml:"ladder"`
 	// KeyframeInterval is the shared keyframe clock of every rung.
 	KeyframeInterval time.Duration `yaml:"keyframe_interval"`
 	// Encoder is the libavcodec encoder name.
@@ -28,7 +30,7 @@ type Config struct {
 
 // DefaultConfig is the design's ladder on a 1 s keyframe clock.
 func DefaultConfig() Config {
-	return Config{Ladder: ladder.DefaultRungs(), KeyframeInterval: time.Second, Encoder: "libx264", Preset: "veryfast"}
+	return Config{Enabled: true, Ladder: ladder.DefaultRungs(), KeyframeInterval: time.Second, Encoder: "libx264", Preset: "veryfast"}
 }
 
 // Validate checks the configuration.
@@ -185,8 +187,14 @@ func (p *Pipeline) rebuild(w, h int) error {
 	}
 	var outs []Output
 	for _, pr := range plan[1:] { // plan[0] is the source, passed through
-		enc, err := av.NewEncoder(av.EncoderConfig{Name: p.cfg.Encoder, Width: pr.Width, Height: pr.Height,
-			Bitrate: pr.Bitrate, FPS: 30, Preset: p.cfg.Preset})
+		ec := av.EncoderConfig{Name: p.cfg.Encoder, Width: pr.Width, Height: pr.Height, Bitrate: pr.Bitrate, FPS: 30, Preset: p.cfg.Preset}
+		enc, err := av.NewEncoder(ec)
+		if err != nil && ec.Name != "libx264" {
+			// A hardware encoder named in the config but absent here.
+			p.log.Warn("encoder unavailable; falling back to libx264", "encoder", ec.Name, "err", err)
+			p.cfg.Encoder, ec.Name = "libx264", "libx264"
+			enc, err = av.NewEncoder(ec)
+		}
 		if err != nil {
 			p.closeRungs()
 			return fmt.Errorf("transcode: rung %s: %w", pr.Name, err)

@@ -649,7 +649,9 @@ func startServer(ctx context.Context, bin, logPath string) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, "--http", httpAddr, "--webrtc.listen", rtcAddr, "--log.level", "warn")
+	// The publisher's synthetic slices cannot be decoded, and this tool
+	// measures fan-out, not transcoding: the ladder is off.
+	cmd := exec.Command(bin, "--http", httpAddr, "--webrtc.listen", rtcAddr, "--log.level", "warn", "--transcode.enabled=false")
 	cmd.Stdout, cmd.Stderr = lf, lf
 	if err := cmd.Start(); err != nil {
 		lf.Close()

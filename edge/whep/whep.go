@@ -7,6 +7,7 @@ package whep
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,6 +27,9 @@ type Source struct {
 	Video, Audio *media.Hub
 	// AddViewers, if set, is told of each viewer that joins (+1) and leaves (-1).
 	AddViewers func(int64)
+	// Rendition, if set, finds a transcoded rung's hub by name; it also
+	// returns every name the stream has, for the error a client gets.
+	Rendition func(name string) (*media.Hub, []string)
 }
 
 // Streams finds the stream a viewer asks for. Lookup must not block.
@@ -113,6 +117,19 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 	wantVideo, wantAudio, err := checkOffer(o.SDP)
 	if err != nil {
 		return nil, "", err
+	}
+	// ?rendition=NAME pins the viewer to a rung; without it (or "auto",
+	// until per-viewer ABR exists) the viewer gets the source.
+	if name := o.Query.Get("rendition"); name != "" && name != "auto" && name != "source" {
+		var hub *media.Hub
+		var names []string
+		if src.Rendition != nil {
+			hub, names = src.Rendition(name)
+		}
+		if hub == nil {
+			return nil, "", wish.Errorf(404, "unknown_rendition", "no rendition %.40q; this stream has: %s", name, strings.Join(names, ", "))
+		}
+		src.Video = hub
 	}
 	pc, err := e.eng.Viewer().NewPeerConnection(webrtc.Configuration{})
 	if err != nil {

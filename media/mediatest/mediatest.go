@@ -14,6 +14,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,6 +25,8 @@ import (
 	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v4"
 	"github.com/pion/webrtc/v4/pkg/media"
+
+	"github.com/cascade-cdn/cascade/media/h264"
 )
 
 // SPS720p and PPS720p are a real x264 constrained-baseline parameter set
@@ -178,6 +181,9 @@ type PublisherOptions struct {
 	NoCandidates bool
 	// NoAudio publishes video only.
 	NoAudio bool
+	// AccessUnits, if set, are real Annex-B access units sent in a loop
+	// instead of synthetic slices (which no decoder accepts).
+	AccessUnits [][]byte
 }
 
 // Publisher is a pion WHIP client sending synthetic H.264 (real SPS/PPS,
@@ -270,7 +276,9 @@ func (p *Publisher) send(ctx context.Context) {
 		case <-tick.C:
 		}
 		var frame []byte
-		if n%o.GOP == 0 {
+		if len(o.AccessUnits) > 0 {
+			frame = o.AccessUnits[n%len(o.AccessUnits)]
+		} else if n%o.GOP == 0 {
 			// An IDR of about a fifth of a second's bits, as encoders make.
 			frame = annexB(SPS720p, PPS720p, slice(0x65, o.Bitrate/8/5, rng))
 		} else {
@@ -333,6 +341,9 @@ type Viewer struct {
 	firstKey    bool
 	ext         uint64 // extended sequence number of the latest packet
 	seen        map[uint64]struct{}
+	keep        int
+	asm         h264.Assembler
+	aus         [][]byte
 	gotVideo    chan struct{}
 	gotVideoSet sync.Once
 	wg          sync.WaitGroup
@@ -344,6 +355,10 @@ type ViewerOptions struct {
 	NoCandidates bool
 	// Discard skips the per-packet bookkeeping (load runs count packets only).
 	Discard bool
+	// Query is appended to the WHEP URL, e.g. "?rendition=360p".
+	Query string
+	// KeepAccessUnits keeps up to this many rebuilt video access units.
+	KeepAccessUnits int
 }
 
 // Watch connects a viewer to url (".../whep/stream").
@@ -367,7 +382,8 @@ func Watch(ctx context.Context, url string, o ViewerOptions) (*Viewer, error) {
 		v.wg.Add(1)
 		go v.read(tr, o.Discard)
 	})
-	if v.Location, err = negotiate(ctx, pc, url, "", o.NoCandidates); err != nil {
+	v.keep = o.KeepAccessUnits
+	if v.Location, err = negotiate(ctx, pc, url+o.Query, "", o.NoCandidates); err != nil {
 		pc.Close()
 		return nil, err
 	}
@@ -406,6 +422,11 @@ func (v *Viewer) read(tr *webrtc.TrackRemote, discard bool) {
 			v.ext = uint64(int64(v.ext) + int64(int16(p.SequenceNumber-uint16(v.ext))))
 		}
 		v.seen[v.ext] = struct{}{}
+		if len(v.aus) < v.keep {
+			if au := v.asm.Push(p.SequenceNumber, p.Timestamp, p.Marker, p.Payload); au != nil && !au.Damaged {
+				v.aus = append(v.aus, slices.Clone(au.Data))
+			}
+		}
 		v.mu.Unlock()
 		if key {
 			v.Keyframes.Add(1)
@@ -447,6 +468,14 @@ func (v *Viewer) FirstVideo(ctx context.Context) (keyframe bool, err error) {
 		return false, fmt.Errorf("first video packet seq %d starts % x", v.first.SequenceNumber, v.first.Payload[:min(8, len(v.first.Payload))])
 	}
 	return true, nil
+}
+
+// AccessUnits returns the video access units kept so far (see
+// ViewerOptions.KeepAccessUnits), undamaged ones only.
+func (v *Viewer) AccessUnits() [][]byte {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return slices.Clone(v.aus)
 }
 
 // MissingSeqs counts video sequence numbers between the first and the

@@ -52,12 +52,36 @@ type Stream struct {
 	rateBytes uint64
 	rateAt    time.Time
 
-	mu        sync.Mutex
-	publisher Publisher
-	since     time.Time
-	graceEnd  time.Time // zero while published
-	width     int
-	height    int
+	mu         sync.Mutex
+	publisher  Publisher
+	since      time.Time
+	graceEnd   time.Time // zero while published
+	width      int
+	height     int
+	renditions []Rendition
+}
+
+// Rendition is a transcoded rung of a stream, served from its own hub.
+type Rendition struct {
+	Name          string
+	Width, Height int
+	Bitrate       int
+	Hub           *media.Hub
+}
+
+// SetRenditions replaces the stream's transcoded rungs (the transcoder
+// calls it when it plans or re-plans the ladder).
+func (s *Stream) SetRenditions(rs []Rendition) {
+	s.mu.Lock()
+	s.renditions = rs
+	s.mu.Unlock()
+}
+
+// Renditions returns the stream's transcoded rungs, highest first.
+func (s *Stream) Renditions() []Rendition {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.renditions
 }
 
 // Touch records that media arrived from the publisher. Cheap enough for
@@ -121,7 +145,8 @@ type Registry struct {
 	takeovers  prometheus.Counter
 	silent     prometheus.Counter
 
-	onEnd atomic.Pointer[func(string)]
+	onEnd   atomic.Pointer[func(string)]
+	onStart atomic.Pointer[func(*Stream)]
 
 	mu      sync.Mutex
 	byName  map[string]*Stream
@@ -149,6 +174,7 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) *Registry {
 // over from its current publisher (which is closed; viewers stay).
 func (r *Registry) Publish(name string, p Publisher) *Stream {
 	r.mu.Lock()
+	created := false
 	s := r.byName[name]
 	if s == nil {
 		s = &Stream{
@@ -158,6 +184,7 @@ func (r *Registry) Publish(name string, p Publisher) *Stream {
 		}
 		r.byName[name] = s
 		r.streams.Inc()
+		created = true
 	}
 	s.mu.Lock()
 	old := s.publisher
@@ -166,6 +193,9 @@ func (r *Registry) Publish(name string, p Publisher) *Stream {
 	s.mu.Unlock()
 	r.mu.Unlock()
 
+	if fn := r.onStart.Load(); created && fn != nil {
+		(*fn)(s)
+	}
 	if old != nil {
 		r.takeovers.Inc()
 		r.log.Info("publisher taken over", "stream", name, "source", p.Source())
@@ -264,6 +294,10 @@ func (r *Registry) end(s *Stream) {
 		(*fn)(s.Name)
 	}
 }
+
+// OnStart sets a function called with each stream as it is created (before
+// its first packet), so a transcoder can attach to it. It must not block.
+func (r *Registry) OnStart(fn func(*Stream)) { r.onStart.Store(&fn) }
 
 // OnEnd sets a function called with the name of each stream that ends, so
 // per-stream metrics can be forgotten. It must not block.
