@@ -138,7 +138,7 @@ func New(cfg Config, log *slog.Logger) (n *Node, err error) {
 	wm := wish.NewMetrics(pr)
 	ingest := whip.New(n.eng, n.reg, cfg.Auth, pr, log)
 	playback := whep.New(n.eng, streams{n.reg}, pr, log)
-	n.tc = &transcoders{cfg: cfg.Transcode, log: log, running: map[string]*transcode.Pipeline{}}
+	n.tc = &transcoders{cfg: cfg.Transcode, m: transcode.NewMetrics(pr), log: log, running: map[string]*transcode.Pipeline{}}
 	if cfg.Transcode.Enabled {
 		n.reg.OnStart(n.tc.start)
 	}

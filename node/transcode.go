@@ -12,6 +12,7 @@ import (
 // creation to its end, and tells the stream about its rungs.
 type transcoders struct {
 	cfg transcode.Config
+	m   *transcode.Metrics
 	log *slog.Logger
 
 	mu      sync.Mutex
@@ -20,7 +21,7 @@ type transcoders struct {
 
 // start is the registry's OnStart hook.
 func (t *transcoders) start(st *registry.Stream) {
-	p, err := transcode.Start(t.cfg, st.Video, ladderSink{st}, t.log.With("stream", st.Name))
+	p, err := transcode.Start(t.cfg, st.Name, st.Video, ladderSink{st}, t.m, t.log.With("stream", st.Name))
 	if err != nil {
 		t.log.Error("cannot start transcoder; serving the source only", "stream", st.Name, "err", err)
 		return
@@ -43,6 +44,7 @@ func (t *transcoders) stop(name string) {
 	if p != nil {
 		p.Close()
 	}
+	t.m.Forget(name)
 }
 
 func (t *transcoders) closeAll() {

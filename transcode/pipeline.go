@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pion/rtp/codecs"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cascade-cdn/cascade/media"
 	"github.com/cascade-cdn/cascade/media/h264"
@@ -58,24 +59,29 @@ type Listener interface {
 // Pipeline decodes one stream's video once and encodes every rung below
 // the source on one keyframe clock.
 type Pipeline struct {
-	cfg  Config
-	sub  *media.Subscriber
-	lis  Listener
-	log  *slog.Logger
-	done chan struct{}
-	once sync.Once
-	wg   sync.WaitGroup
+	cfg    Config
+	stream string
+	m      *Metrics
+	sub    *media.Subscriber
+
+	framesIn, decodeErrors prometheus.Counter
+	lis                    Listener
+	log                    *slog.Logger
+	done                   chan struct{}
+	once                   sync.Once
+	wg                     sync.WaitGroup
 
 	// Owned by the pipeline goroutine.
-	asm    h264.Assembler
-	unwrap ladder.Unwrapper
-	dec    *av.Decoder
-	clock  *ladder.KeyClock
-	rungs  []*rung
-	srcW   int
-	srcH   int
-	frames uint64
-	errs   uint64
+	asm     h264.Assembler
+	unwrap  ladder.Unwrapper
+	dec     *av.Decoder
+	clock   *ladder.KeyClock
+	rungs   []*rung
+	srcW    int
+	srcH    int
+	frames  uint64
+	errs    uint64
+	arrival time.Time // of the access unit being decoded
 }
 
 type rung struct {
@@ -85,11 +91,16 @@ type rung struct {
 	src   *media.Source
 	pay   codecs.H264Payloader
 	seq   uint16
+
+	arrival time.Time // of the source frame being encoded, for latency
+
+	framesOut, dropped, keyframes, bytesOut prometheus.Counter
+	encodeTime, latency                     prometheus.Observer
 }
 
 // Start subscribes to src (a video hub carrying H.264) and transcodes it
 // until src ends or Close is called.
-func Start(cfg Config, src *media.Hub, lis Listener, log *slog.Logger) (*Pipeline, error) {
+func Start(cfg Config, stream string, src *media.Hub, lis Listener, m *Metrics, log *slog.Logger) (*Pipeline, error) {
 	dec, err := av.NewDecoder()
 	if err != nil {
 		return nil, err
@@ -100,7 +111,8 @@ func Start(cfg Config, src *media.Hub, lis Listener, log *slog.Logger) (*Pipelin
 		return nil, errors.New("transcode: source hub is closed")
 	}
 	p := &Pipeline{
-		cfg: cfg, sub: sub, lis: lis, dec: dec, done: make(chan struct{}),
+		cfg: cfg, stream: stream, sub: sub, lis: lis, dec: dec, done: make(chan struct{}), m: m,
+		framesIn: m.framesIn.WithLabelValues(stream), decodeErrors: m.decodeErrors.WithLabelValues(stream),
 		clock: ladder.NewKeyClock(int64(cfg.KeyframeInterval.Seconds() * 90000)),
 		log:   log.With("component", "transcode"),
 	}
@@ -131,8 +143,10 @@ func (p *Pipeline) run() {
 			if au == nil || len(au.Data) == 0 {
 				continue
 			}
+			p.arrival = pk.Arrival
 			if err := p.dec.Decode(au.Data, p.unwrap.Unwrap(au.Timestamp), p.frame); err != nil {
 				p.errs++
+				p.decodeErrors.Inc()
 				if p.errs&(p.errs-1) == 0 { // log the 1st, 2nd, 4th, 8th... error
 					p.log.Warn("decode failed; recovering at the next keyframe", "err", err, "errors", p.errs)
 				}
@@ -151,8 +165,16 @@ func (p *Pipeline) frame(f *av.Frame) error {
 		}
 	}
 	p.frames++
+	p.framesIn.Inc()
 	key := p.clock.Keyframe(f.PTS())
-	for _, r := range p.rungs {
+	shed := p.shed(key)
+	for i, r := range p.rungs {
+		if i < shed {
+			r.dropped.Inc()
+			continue
+		}
+		start := time.Now()
+		r.arrival = p.arrival
 		sf, err := r.scale.Scale(f)
 		if err != nil {
 			return err
@@ -160,12 +182,39 @@ func (p *Pipeline) frame(f *av.Frame) error {
 		if err := r.enc.Encode(sf, key, r.publish); err != nil {
 			return err
 		}
+		r.encodeTime.Observe(time.Since(start).Seconds())
 	}
 	return nil
 }
 
+// overloadLag is how far behind real time a frame may be before rungs
+// start skipping frames: one more rung per further overloadLag of lag.
+const overloadLag = 100 * time.Millisecond
+
+// shed returns how many rungs, from the top, skip this frame. When the
+// transcoder falls behind real time, the costliest rungs give way first:
+// their viewers have the source rung above them, which always flows, and
+// the cheap low rungs serve the viewers with nowhere else to go. A clock
+// keyframe is never skipped, so every rung's IDRs stay aligned; skipped
+// frames are delta frames the encoder simply never sees.
+func (p *Pipeline) shed(key bool) int {
+	if key || p.arrival.IsZero() {
+		return 0
+	}
+	lag := time.Since(p.arrival)
+	if lag <= overloadLag {
+		return 0
+	}
+	return min(len(p.rungs)-1, int(lag/overloadLag))
+}
+
 // publish packetizes one encoded access unit onto the rung's hub.
 func (r *rung) publish(pk av.Packet) error {
+	r.framesOut.Inc()
+	r.bytesOut.Add(float64(len(pk.Data)))
+	if pk.Keyframe {
+		r.keyframes.Inc()
+	}
 	payloads := r.pay.Payload(1200, pk.Data)
 	for i, pl := range payloads {
 		r.src.Write(&media.Packet{
@@ -173,6 +222,9 @@ func (r *rung) publish(pk av.Packet) error {
 			Payload: pl, Keyframe: pk.Keyframe && i == 0,
 		})
 		r.seq++
+	}
+	if !r.arrival.IsZero() {
+		r.latency.Observe(time.Since(r.arrival).Seconds())
 	}
 	return nil
 }
@@ -203,7 +255,10 @@ func (p *Pipeline) rebuild(w, h int) error {
 		// Viewers' keyframe requests on a rung move the shared clock, so
 		// every rung's next IDR comes early and stays aligned.
 		hub.SetKeyframeRequester(p.clock.Force)
-		r := &rung{out: Output{Rung: pr, Hub: hub}, scale: av.NewScaler(pr.Width, pr.Height), enc: enc, src: hub.NewSource()}
+		r := &rung{out: Output{Rung: pr, Hub: hub}, scale: av.NewScaler(pr.Width, pr.Height), enc: enc, src: hub.NewSource(),
+			framesOut: p.m.framesOut.WithLabelValues(p.stream, pr.Name), dropped: p.m.dropped.WithLabelValues(p.stream, pr.Name),
+			keyframes: p.m.keyframes.WithLabelValues(p.stream, pr.Name), bytesOut: p.m.bytesOut.WithLabelValues(p.stream, pr.Name),
+			encodeTime: p.m.encodeTime.WithLabelValues(pr.Name), latency: p.m.latency.WithLabelValues(pr.Name)}
 		p.rungs = append(p.rungs, r)
 		outs = append(outs, r.out)
 	}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/pion/rtp/codecs"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
 	"github.com/cascade-cdn/cascade/media"
@@ -35,16 +37,24 @@ func (l *ladderLog) LadderChanged(outs []Output) {
 	}
 }
 
-// TestPipelineAlignedRungs publishes a real 720p H.264 stream into a hub as
-// RTP, in real time, and reads every rung the pipeline makes: each is
-// decodable at its planned size, and all put keyframes on the same
-// timestamps.
-func TestPipelineAlignedRungs(t *testing.T) {
-	aus, pts := transcodetest.Source(t, "3", "baseline")
+type rungRead struct {
+	out  Output
+	sub  *media.Subscriber
+	asm  h264.Assembler
+	keys []uint32
+	aus  [][]byte
+}
+
+// runPipeline publishes a real 720p H.264 stream into a hub as RTP, in
+// real time, with each packet's arrival set lag in the past, and reads
+// every rung the pipeline makes.
+func runPipeline(t *testing.T, lag time.Duration) (reads []*rungRead, m *Metrics, aus [][]byte, pts []int64) {
+	aus, pts = transcodetest.Source(t, "3", "baseline")
 	src := media.NewHub(media.DefaultHubConfig(media.Video, "H264", 90000))
 	defer src.Close()
 	lis := &ladderLog{seen: make(chan struct{})}
-	p, err := Start(DefaultConfig(), src, lis, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	m = NewMetrics(prometheus.NewRegistry())
+	p, err := Start(DefaultConfig(), "live", src, lis, m, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,14 +63,6 @@ func TestPipelineAlignedRungs(t *testing.T) {
 	w := src.NewSource()
 	var pay codecs.H264Payloader
 	seq := uint16(1000)
-	type rungRead struct {
-		out  Output
-		sub  *media.Subscriber
-		asm  h264.Assembler
-		keys []uint32
-		aus  [][]byte
-	}
-	var reads []*rungRead
 	drain := func() {
 		for _, r := range reads {
 			for _, e := range r.sub.Pop(nil) {
@@ -82,7 +84,8 @@ func TestPipelineAlignedRungs(t *testing.T) {
 		<-tick.C
 		payloads := pay.Payload(1200, au)
 		for j, pl := range payloads {
-			w.Write(&media.Packet{SequenceNumber: seq, Timestamp: uint32(pts[i] + 12345), Marker: j == len(payloads)-1, Payload: pl})
+			w.Write(&media.Packet{SequenceNumber: seq, Timestamp: uint32(pts[i] + 12345), Marker: j == len(payloads)-1,
+				Payload: pl, Arrival: time.Now().Add(-lag)})
 			seq++
 		}
 		if reads == nil {
@@ -98,8 +101,9 @@ func TestPipelineAlignedRungs(t *testing.T) {
 		}
 		drain()
 	}
+	// Wait for the last frames to come through (the lowest rung is never shed).
 	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) && (len(reads) == 0 || len(reads[0].aus) < len(aus)-15) {
+	for time.Now().Before(deadline) && (len(reads) == 0 || len(reads[len(reads)-1].aus) < len(aus)-15) {
 		time.Sleep(20 * time.Millisecond)
 		drain()
 	}
@@ -107,9 +111,15 @@ func TestPipelineAlignedRungs(t *testing.T) {
 		t.Fatalf("720p source gave %d rungs, want 480p, 360p, 240p", len(reads))
 	}
 	for _, r := range reads {
-		if len(r.aus) < len(aus)-15 {
-			t.Fatalf("%s: %d access units for %d source frames", r.out.Rung.Name, len(r.aus), len(aus))
-		}
+		r.sub.Close()
+	}
+	return reads, m, aus, pts
+}
+
+// checkAligned: every rung has the same keyframe timestamps, at least two.
+func checkAligned(t *testing.T, reads []*rungRead) {
+	t.Helper()
+	for _, r := range reads {
 		if len(r.keys) < 2 || len(r.keys) != len(reads[0].keys) {
 			t.Fatalf("%s: keyframes at %v; %s at %v", r.out.Rung.Name, r.keys, reads[0].out.Rung.Name, reads[0].keys)
 		}
@@ -117,6 +127,18 @@ func TestPipelineAlignedRungs(t *testing.T) {
 			if r.keys[i] != reads[0].keys[i] {
 				t.Fatalf("%s: keyframes at %v; %s at %v", r.out.Rung.Name, r.keys, reads[0].out.Rung.Name, reads[0].keys)
 			}
+		}
+	}
+}
+
+// TestPipelineAlignedRungs: each rung is decodable at its planned size,
+// and all put keyframes on the same source timestamps.
+func TestPipelineAlignedRungs(t *testing.T) {
+	reads, m, aus, pts := runPipeline(t, 0)
+	checkAligned(t, reads)
+	for _, r := range reads {
+		if len(r.aus) < len(aus)-15 {
+			t.Fatalf("%s: %d access units for %d source frames", r.out.Rung.Name, len(r.aus), len(aus))
 		}
 		dec, err := av.NewDecoder()
 		if err != nil {
@@ -138,7 +160,15 @@ func TestPipelineAlignedRungs(t *testing.T) {
 		if frames < len(r.aus)-1 {
 			t.Errorf("%s: %d frames from %d access units", r.out.Rung.Name, frames, len(r.aus))
 		}
-		r.sub.Close()
+		if got := testutil.ToFloat64(m.keyframes.WithLabelValues("live", r.out.Rung.Name)); got != float64(len(r.keys)) {
+			t.Errorf("%s: %v keyframes counted, %d seen", r.out.Rung.Name, got, len(r.keys))
+		}
+		if d := testutil.ToFloat64(m.dropped.WithLabelValues("live", r.out.Rung.Name)); d != 0 {
+			t.Errorf("%s: %v frames shed without any lag", r.out.Rung.Name, d)
+		}
+	}
+	if in := testutil.ToFloat64(m.framesIn.WithLabelValues("live")); in < float64(len(aus)-15) {
+		t.Errorf("frames in counted %v for %d source frames", in, len(aus))
 	}
 	// The source timestamps carry through: the first keyframe is a source
 	// frame's timestamp (offset included).
@@ -149,5 +179,26 @@ func TestPipelineAlignedRungs(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("rung keyframe timestamp %d is not a source timestamp", first)
+	}
+}
+
+// TestPipelineShedsTopRungsFirst: frames that arrive 250 ms behind real
+// time make the two costliest rungs skip delta frames, the lowest rung
+// keeps every frame, and keyframes stay aligned everywhere.
+func TestPipelineShedsTopRungsFirst(t *testing.T) {
+	reads, m, aus, _ := runPipeline(t, 250*time.Millisecond)
+	checkAligned(t, reads)
+	dropped := func(r *rungRead) float64 {
+		return testutil.ToFloat64(m.dropped.WithLabelValues("live", r.out.Rung.Name))
+	}
+	top, mid, low := reads[0], reads[1], reads[2]
+	if dropped(top) == 0 || dropped(mid) == 0 {
+		t.Errorf("480p dropped %v and 360p %v frames, want both shedding", dropped(top), dropped(mid))
+	}
+	if dropped(low) != 0 || len(low.aus) < len(aus)-15 {
+		t.Errorf("240p dropped %v frames and delivered %d of %d; it must keep them all", dropped(low), len(low.aus), len(aus))
+	}
+	if len(top.aus) != len(top.keys) {
+		t.Errorf("480p delivered %d units with %d keyframes; under this lag it should carry keyframes only", len(top.aus), len(top.keys))
 	}
 }
