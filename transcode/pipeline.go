@@ -31,7 +31,7 @@ type Config struct {
 
 // DefaultConfig is the design's ladder on a 1 s keyframe clock.
 func DefaultConfig() Config {
-	return Config{Enabled: true, Ladder: ladder.DefaultRungs(), KeyframeInterval: time.Second, Encoder: "libx264", Preset: "veryfast"}
+	return Config{Enabled: true, Ladder: ladder.DefaultRungs(), KeyframeInterval: time.Second, Encoder: "libx264", Preset: "superfast"}
 }
 
 // Validate checks the configuration.

@@ -189,7 +189,7 @@ func NewEncoder(cfg EncoderConfig) (*Encoder, error) {
 		cfg.FPS = 30
 	}
 	if cfg.Preset == "" {
-		cfg.Preset = "veryfast"
+		cfg.Preset = "superfast"
 	}
 	c := astiav.FindEncoderByName(cfg.Name)
 	if c == nil {

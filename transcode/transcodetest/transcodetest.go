@@ -14,12 +14,30 @@ import (
 	"github.com/cascade-cdn/cascade/media/h264"
 )
 
-// Source encodes a clip with Debian's ffmpeg: 720p30 testsrc2 in the given
-// H.264 profile ("high" has B-frames, as OBS sends by default; "baseline"
-// as browsers send). It returns the access
-// units in decode order with their presentation timestamps in 90 kHz
-// ticks, as they would arrive over RTP.
+// Clip describes a generated test source.
+type Clip struct {
+	Seconds string // duration, e.g. "3"
+	Size    string // e.g. "1280x720"
+	Profile string // H.264 profile: "high" has B-frames (OBS's default), "baseline" as browsers send
+	// Noise adds grain, so the encoder works as hard as on camera footage.
+	Noise bool
+	// Bitrate caps the source (e.g. "6M", as OBS sends 1080p); empty lets
+	// x264 choose, which for grain is far above what any publisher sends.
+	Bitrate string
+}
+
+// Source encodes a 720p30 testsrc2 clip in the given profile. It returns
+// the access units in decode order with their presentation timestamps in
+// 90 kHz ticks, as they would arrive over RTP.
 func Source(t testing.TB, seconds, profile string) (aus [][]byte, pts []int64) {
+	aus, pts, _ = Make(t, Clip{Seconds: seconds, Size: "1280x720", Profile: profile})
+	return aus, pts
+}
+
+// Make encodes c with Debian's ffmpeg and returns its access units, their
+// timestamps, and the path of the same stream in a Matroska file (for
+// feeding the ffmpeg CLI in comparisons).
+func Make(t testing.TB, c Clip) (aus [][]byte, pts []int64, mkv string) {
 	t.Helper()
 	ffmpeg, err := exec.LookPath("ffmpeg")
 	if err != nil {
@@ -29,7 +47,8 @@ func Source(t testing.TB, seconds, profile string) (aus [][]byte, pts []int64) {
 		t.Skip("ffmpeg not installed")
 	}
 	dir := t.TempDir()
-	mkv, raw := filepath.Join(dir, "src.mkv"), filepath.Join(dir, "src.h264")
+	mkv = filepath.Join(dir, "src.mkv")
+	raw := filepath.Join(dir, "src.h264")
 	run := func(name string, args ...string) []byte {
 		out, err := exec.Command(name, args...).Output()
 		if err != nil {
@@ -37,8 +56,16 @@ func Source(t testing.TB, seconds, profile string) (aus [][]byte, pts []int64) {
 		}
 		return out
 	}
-	run(ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-t", seconds,
-		"-c:v", "libx264", "-profile:v", profile, "-g", "30", "-pix_fmt", "yuv420p", mkv)
+	filter := "null"
+	if c.Noise {
+		filter = "noise=alls=12:allf=t"
+	}
+	args := []string{"-v", "error", "-f", "lavfi", "-i", "testsrc2=size=" + c.Size + ":rate=30", "-t", c.Seconds, "-vf", filter,
+		"-c:v", "libx264", "-profile:v", c.Profile, "-g", "30", "-pix_fmt", "yuv420p"}
+	if c.Bitrate != "" {
+		args = append(args, "-b:v", c.Bitrate, "-maxrate", c.Bitrate, "-bufsize", c.Bitrate)
+	}
+	run(ffmpeg, append(args, mkv)...)
 	// The same packets as Annex-B, with a delimiter before each access unit.
 	run(ffmpeg, "-v", "error", "-i", mkv, "-c:v", "copy", "-bsf:v", "h264_mp4toannexb,h264_metadata=aud=insert", "-f", "h264", raw)
 	probe := run(strings.TrimSuffix(ffmpeg, "ffmpeg")+"ffprobe", "-v", "error", "-select_streams", "v",
@@ -58,7 +85,7 @@ func Source(t testing.TB, seconds, profile string) (aus [][]byte, pts []int64) {
 	if len(aus) != len(pts) {
 		t.Fatalf("%d access units but %d timestamps", len(aus), len(pts))
 	}
-	return aus, pts
+	return aus, pts, mkv
 }
 
 // NALs splits an Annex-B stream at its start codes.
