@@ -1,6 +1,7 @@
 package node
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -41,34 +42,89 @@ func TestWatchTranscodedRendition(t *testing.T) {
 		t.Fatalf("unknown rendition: %v, want 404 listing the rungs", err)
 	}
 
-	v, err := mediatest.Watch(ctxT(t, 10*time.Second), n.URL()+"/whep/live", mediatest.ViewerOptions{Query: "?rendition=360p", KeepAccessUnits: 60})
-	if err != nil {
-		t.Fatal(err)
+	// One viewer pinned to each rung: each gets decodable frames of its
+	// rung's size, starting on a keyframe, and all rungs' keyframes fall on
+	// the same timestamps.
+	sizes := map[string][2]int{"480p": {854, 480}, "360p": {640, 360}, "240p": {426, 240}}
+	viewers := map[string]*mediatest.Viewer{}
+	for name := range sizes {
+		v, err := mediatest.Watch(ctxT(t, 10*time.Second), n.URL()+"/whep/live", mediatest.ViewerOptions{Query: "?rendition=" + name, KeepAccessUnits: 75})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer v.Close()
+		viewers[name] = v
 	}
-	defer v.Close()
-	if key, err := v.FirstVideo(ctxT(t, 10*time.Second)); err != nil || !key {
-		t.Fatalf("first video packet on 360p: keyframe=%v err=%v", key, err)
-	}
-	eventually(t, "30 access units on 360p", 15*time.Second, func() bool { return len(v.AccessUnits()) >= 30 })
-	dec, err := av.NewDecoder()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dec.Close()
-	frames := 0
-	for i, au := range v.AccessUnits() {
-		if err := dec.Decode(au, int64(i)*3000, func(f *av.Frame) error {
-			if f.Width() != 640 || f.Height() != 360 {
-				t.Fatalf("decoded %dx%d on 360p", f.Width(), f.Height())
-			}
-			frames++
-			return nil
-		}); err != nil {
-			t.Fatalf("access unit %d: %v", i, err)
+	for name, v := range viewers {
+		if key, err := v.FirstVideo(ctxT(t, 10*time.Second)); err != nil || !key {
+			t.Fatalf("%s: first video packet keyframe=%v err=%v", name, key, err)
 		}
 	}
-	if frames < 25 {
-		t.Fatalf("%d frames decoded from the 360p rendition", frames)
+	for name, v := range viewers {
+		eventually(t, "75 access units on "+name, 20*time.Second, func() bool { return len(v.AccessUnits()) >= 75 })
+		want := sizes[name]
+		dec, err := av.NewDecoder()
+		if err != nil {
+			t.Fatal(err)
+		}
+		frames := 0
+		for i, au := range v.AccessUnits() {
+			if err := dec.Decode(au, int64(i)*3000, func(f *av.Frame) error {
+				if f.Width() != want[0] || f.Height() != want[1] {
+					t.Fatalf("%s: decoded %dx%d, want %dx%d", name, f.Width(), f.Height(), want[0], want[1])
+				}
+				frames++
+				return nil
+			}); err != nil {
+				t.Fatalf("%s: access unit %d: %v", name, i, err)
+			}
+		}
+		dec.Close()
+		if frames < 70 {
+			t.Fatalf("%s: %d frames decoded", name, frames)
+		}
+	}
+	checkAlignedKeyframes(t, viewers)
+}
+
+// checkAlignedKeyframes compares the viewers' keyframe timestamps over the
+// span they all watched: every rung must have keyframes at the same ones.
+func checkAlignedKeyframes(t *testing.T, viewers map[string]*mediatest.Viewer) {
+	t.Helper()
+	var lo, hi uint32
+	keys := map[string][]uint32{}
+	for name, v := range viewers {
+		k := v.KeyframeTimestamps()
+		if len(k) < 2 {
+			t.Fatalf("%s: only %d keyframes", name, len(k))
+		}
+		keys[name] = k
+		if lo == 0 || k[0] > lo {
+			lo = k[0]
+		}
+		if hi == 0 || k[len(k)-1] < hi {
+			hi = k[len(k)-1]
+		}
+	}
+	var ref []uint32
+	var refName string
+	for name, k := range keys {
+		var in []uint32
+		for _, ts := range k {
+			if ts >= lo && ts <= hi {
+				in = append(in, ts)
+			}
+		}
+		if ref == nil {
+			ref, refName = in, name
+			if len(in) < 2 {
+				t.Fatalf("common span has %d keyframes", len(in))
+			}
+			continue
+		}
+		if !slices.Equal(in, ref) {
+			t.Fatalf("keyframes not aligned: %s at %v, %s at %v", name, in, refName, ref)
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package transcode
 import (
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -49,12 +50,16 @@ type rungRead struct {
 // real time, with each packet's arrival set lag in the past, and reads
 // every rung the pipeline makes.
 func runPipeline(t *testing.T, lag time.Duration) (reads []*rungRead, m *Metrics, aus [][]byte, pts []int64) {
+	return runPipelineWith(t, DefaultConfig(), lag)
+}
+
+func runPipelineWith(t *testing.T, cfg Config, lag time.Duration) (reads []*rungRead, m *Metrics, aus [][]byte, pts []int64) {
 	aus, pts = transcodetest.Source(t, "3", "baseline")
 	src := media.NewHub(media.DefaultHubConfig(media.Video, "H264", 90000))
 	defer src.Close()
 	lis := &ladderLog{seen: make(chan struct{})}
 	m = NewMetrics(prometheus.NewRegistry())
-	p, err := Start(DefaultConfig(), "live", src, lis, m, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	p, err := Start(cfg, "live", src, lis, m, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,4 +206,84 @@ func TestPipelineShedsTopRungsFirst(t *testing.T) {
 	if len(top.aus) != len(top.keys) {
 		t.Errorf("480p delivered %d units with %d keyframes; under this lag it should carry keyframes only", len(top.aus), len(top.keys))
 	}
+}
+
+// TestPipelineEncoderFallback: an encoder this machine lacks (no GPU here)
+// falls back to libx264 and the ladder still comes out aligned.
+func TestPipelineEncoderFallback(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Encoder = "h264_nvenc"
+	reads, _, aus, _ := runPipelineWith(t, cfg, 0)
+	checkAligned(t, reads)
+	if len(reads[2].aus) < len(aus)-15 {
+		t.Fatalf("240p delivered %d of %d frames after the fallback", len(reads[2].aus), len(aus))
+	}
+}
+
+// TestPipelineRebuildsOnResolutionChange: a publisher that changes
+// resolution mid-stream (an OBS canvas change) gets a new ladder planned
+// from the new size.
+func TestPipelineRebuildsOnResolutionChange(t *testing.T) {
+	big, bigPTS := transcodetest.Source(t, "1", "baseline")
+	small, smallPTS, _ := transcodetest.Make(t, transcodetest.Clip{Seconds: "1", Size: "640x360", Profile: "baseline"})
+	src := media.NewHub(media.DefaultHubConfig(media.Video, "H264", 90000))
+	defer src.Close()
+	lis := &ladderHistory{}
+	p, err := Start(DefaultConfig(), "live", src, lis, NewMetrics(prometheus.NewRegistry()), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := src.NewSource()
+	var pay codecs.H264Payloader
+	seq := uint16(0)
+	send := func(aus [][]byte, pts []int64, offset int64) {
+		tick := time.NewTicker(time.Second / 30)
+		defer tick.Stop()
+		for i, au := range aus {
+			<-tick.C
+			payloads := pay.Payload(1200, au)
+			for j, pl := range payloads {
+				w.Write(&media.Packet{SequenceNumber: seq, Timestamp: uint32(pts[i] + offset), Marker: j == len(payloads)-1, Payload: pl})
+				seq++
+			}
+		}
+	}
+	send(big, bigPTS, 0)
+	send(small, smallPTS, 90000*2)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) && len(lis.get()) < 2 {
+		time.Sleep(20 * time.Millisecond)
+	}
+	p.Close()
+	plans := lis.get()
+	if len(plans) < 2 {
+		t.Fatalf("ladders planned: %v, want one for 720p and one for 360p", plans)
+	}
+	if plans[0] != "480p,360p,240p" || plans[1] != "240p" {
+		t.Fatalf("ladders planned: %v", plans)
+	}
+}
+
+type ladderHistory struct {
+	mu    sync.Mutex
+	plans []string
+}
+
+func (l *ladderHistory) LadderChanged(outs []Output) {
+	if len(outs) == 0 {
+		return
+	}
+	var names []string
+	for _, o := range outs {
+		names = append(names, o.Rung.Name)
+	}
+	l.mu.Lock()
+	l.plans = append(l.plans, strings.Join(names, ","))
+	l.mu.Unlock()
+}
+
+func (l *ladderHistory) get() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.plans...)
 }

@@ -342,6 +342,7 @@ type Viewer struct {
 	ext         uint64 // extended sequence number of the latest packet
 	seen        map[uint64]struct{}
 	keep        int
+	keyTS       []uint32 // RTP timestamps of keyframes, in arrival order
 	asm         h264.Assembler
 	aus         [][]byte
 	gotVideo    chan struct{}
@@ -430,6 +431,11 @@ func (v *Viewer) read(tr *webrtc.TrackRemote, discard bool) {
 		v.mu.Unlock()
 		if key {
 			v.Keyframes.Add(1)
+			v.mu.Lock()
+			if n := len(v.keyTS); n == 0 || v.keyTS[n-1] != p.Timestamp {
+				v.keyTS = append(v.keyTS, p.Timestamp)
+			}
+			v.mu.Unlock()
 		}
 		if p.Marker {
 			v.VideoFrames.Add(1)
@@ -476,6 +482,13 @@ func (v *Viewer) AccessUnits() [][]byte {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return slices.Clone(v.aus)
+}
+
+// KeyframeTimestamps returns the RTP timestamps of the keyframes received.
+func (v *Viewer) KeyframeTimestamps() []uint32 {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return slices.Clone(v.keyTS)
 }
 
 // MissingSeqs counts video sequence numbers between the first and the

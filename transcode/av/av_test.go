@@ -183,3 +183,29 @@ func TestDecoderSurvivesGarbage(t *testing.T) {
 		t.Fatal("decoder did not recover after garbage")
 	}
 }
+
+// FuzzDecoder feeds hostile access units to libavcodec through the decoder:
+// whatever the bytes, an error or frames, never a crash, and real units
+// still decode afterwards. Seeds are the first units of a real encode.
+func FuzzDecoder(f *testing.F) {
+	src, _ := transcodetest.Source(f, "1", "baseline")
+	for _, au := range src[:3] {
+		f.Add(au)
+	}
+	dec, err := NewDecoder()
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer dec.Close()
+	f.Fuzz(func(t *testing.T, au []byte) {
+		if len(au) > 1<<20 {
+			return
+		}
+		_ = dec.Decode(au, 0, func(fr *Frame) error {
+			if fr.Width() <= 0 || fr.Height() <= 0 {
+				t.Fatalf("frame of %dx%d", fr.Width(), fr.Height())
+			}
+			return nil
+		})
+	})
+}
