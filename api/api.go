@@ -43,6 +43,9 @@ type Rendition struct {
 	Width   int    `json:"width"`
 	Height  int    `json:"height"`
 	Bitrate int64  `json:"bitrate"`
+	// Reencoded is set on "source" when the publisher's stream is not
+	// safe for WebRTC (B-frames, long GOPs) and viewers get a re-encode.
+	Reencoded bool `json:"reencoded,omitempty"`
 }
 
 // Stream is the JSON shape of GET /v1/streams/{stream} (DESIGN.md).
@@ -76,6 +79,12 @@ func toJSON(s *registry.Stream) Stream {
 		})
 	}
 	for _, r := range s.Renditions() {
+		if r.Name == "source" { // described above, from the publisher's stream
+			if len(out.Renditions) > 0 {
+				out.Renditions[0].Reencoded = !r.Passthrough
+			}
+			continue
+		}
 		out.Renditions = append(out.Renditions, Rendition{Name: r.Name, Codec: "H264", Width: r.Width, Height: r.Height, Bitrate: int64(r.Bitrate)})
 	}
 	if i.Audio.Packets > 0 {

@@ -247,12 +247,19 @@ func (s streams) Lookup(name string) (whep.Source, bool) {
 	if st == nil {
 		return whep.Source{}, false
 	}
-	return whep.Source{Video: st.Video, Audio: st.Audio, AddViewers: st.AddViewers,
+	video := st.Video // without a transcoder, "source" is the publisher's hub
+	rs := st.Renditions()
+	if len(rs) > 0 && rs[0].Name == "source" {
+		video = rs[0].Hub
+	}
+	return whep.Source{Video: video, Audio: st.Audio, AddViewers: st.AddViewers,
 		Rendition: func(name string) (*media.Hub, []string) {
 			names := []string{"source"}
 			var found *media.Hub
-			for _, r := range st.Renditions() {
-				names = append(names, r.Name)
+			for _, r := range rs {
+				if r.Name != "source" {
+					names = append(names, r.Name)
+				}
 				if r.Name == name {
 					found = r.Hub
 				}

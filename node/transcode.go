@@ -57,14 +57,15 @@ func (t *transcoders) closeAll() {
 	}
 }
 
-// ladderSink publishes a pipeline's rungs on its stream, so that WHEP and
+// ladderSink publishes a pipeline's renditions ("source" first) on its stream, so that WHEP and
 // the API see them; origin code never imports transcode code.
 type ladderSink struct{ st *registry.Stream }
 
 func (l ladderSink) LadderChanged(outs []transcode.Output) {
 	rs := make([]registry.Rendition, 0, len(outs))
 	for _, o := range outs {
-		rs = append(rs, registry.Rendition{Name: o.Rung.Name, Width: o.Rung.Width, Height: o.Rung.Height, Bitrate: o.Rung.Bitrate, Hub: o.Hub})
+		rs = append(rs, registry.Rendition{Name: o.Rung.Name, Width: o.Rung.Width, Height: o.Rung.Height,
+			Bitrate: o.Rung.Bitrate, Passthrough: o.Rung.Passthrough, Hub: o.Hub})
 	}
 	l.st.SetRenditions(rs)
 }

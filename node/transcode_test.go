@@ -85,6 +85,14 @@ func TestWatchTranscodedRendition(t *testing.T) {
 		}
 	}
 	checkAlignedKeyframes(t, viewers)
+
+	// A viewer that names no rendition gets the source, through the
+	// transcoder's gate (this publisher is safe, so it passes through).
+	plain := watch(t, n, "live")
+	eventually(t, "source frames for a plain viewer", 10*time.Second, func() bool { return plain.VideoFrames.Load() >= 30 })
+	if s, _ := getStream(t, n, "live"); s["renditions"].([]any)[0].(map[string]any)["reencoded"] != nil {
+		t.Error("a safe source is reported re-encoded")
+	}
 }
 
 // checkAlignedKeyframes compares the viewers' keyframe timestamps over the

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pion/rtp/codecs"
@@ -49,10 +51,13 @@ type Output struct {
 }
 
 // Listener hears about a pipeline's ladder. Calls come from the pipeline's
-// goroutine and must not block.
+// goroutine (the first from Start) and must not block.
 type Listener interface {
-	// LadderChanged gives the current transcoded rungs (none when the
-	// pipeline ends). A source resolution change replaces them all.
+	// LadderChanged gives the current renditions: "source" first (its hub
+	// carries the publisher's stream while that is safe for WebRTC, a
+	// re-encode at source size otherwise), then the transcoded rungs. It
+	// is called with the source alone at start, again once the ladder is
+	// planned or re-planned, and with none when the pipeline ends.
 	LadderChanged(outs []Output)
 }
 
@@ -82,6 +87,17 @@ type Pipeline struct {
 	frames  uint64
 	errs    uint64
 	arrival time.Time // of the access unit being decoded
+
+	// The "source" rendition: passed through while safe, else re-encoded.
+	sourceHub *media.Hub
+	gate      *gate
+	reencode  *rung // the source-size encoder, once the source proved unsafe
+	maxPTS    int64 // highest source timestamp so far, to notice reordering
+	lastKey   int64 // unwrapped timestamp of the last source keyframe
+	seenKey   bool
+	unsafeWhy string // why the source must be re-encoded, once found
+	// reencoding is read by viewers' keyframe requests on the source hub.
+	reencoding atomic.Bool
 }
 
 type rung struct {
@@ -113,9 +129,28 @@ func Start(cfg Config, stream string, src *media.Hub, lis Listener, m *Metrics, 
 	p := &Pipeline{
 		cfg: cfg, stream: stream, sub: sub, lis: lis, dec: dec, done: make(chan struct{}), m: m,
 		framesIn: m.framesIn.WithLabelValues(stream), decodeErrors: m.decodeErrors.WithLabelValues(stream),
-		clock: ladder.NewKeyClock(int64(cfg.KeyframeInterval.Seconds() * 90000)),
-		log:   log.With("component", "transcode"),
+		clock:     ladder.NewKeyClock(int64(cfg.KeyframeInterval.Seconds() * 90000)),
+		log:       log.With("component", "transcode"),
+		sourceHub: media.NewHub(media.DefaultHubConfig(media.Video, "H264", 90000)),
+		maxPTS:    math.MinInt64,
 	}
+	if p.gate = newGate(src, p.sourceHub); p.gate == nil {
+		sub.Close()
+		dec.Close()
+		return nil, errors.New("transcode: source hub is closed")
+	}
+	// Keyframe requests on the source rendition go to the publisher while
+	// it passes through, to the shared clock once it is re-encoded.
+	p.sourceHub.SetKeyframeRequester(func() {
+		if p.reencoding.Load() {
+			p.clock.Force()
+		} else {
+			src.RequestKeyframe()
+		}
+	})
+	// Viewers of "source" use the gate's hub from the start, so that a
+	// later switch to a re-encode reaches all of them.
+	p.publishLadder()
 	p.wg.Add(1)
 	go p.run()
 	return p, nil
@@ -144,7 +179,9 @@ func (p *Pipeline) run() {
 				continue
 			}
 			p.arrival = pk.Arrival
-			if err := p.dec.Decode(au.Data, p.unwrap.Unwrap(au.Timestamp), p.frame); err != nil {
+			pts := p.unwrap.Unwrap(au.Timestamp)
+			p.checkSource(pts, au.Keyframe)
+			if err := p.dec.Decode(au.Data, pts, p.frame); err != nil {
 				p.errs++
 				p.decodeErrors.Inc()
 				if p.errs&(p.errs-1) == 0 { // log the 1st, 2nd, 4th, 8th... error
@@ -166,7 +203,20 @@ func (p *Pipeline) frame(f *av.Frame) error {
 	}
 	p.frames++
 	p.framesIn.Inc()
+	if p.unsafeWhy != "" && p.reencode == nil {
+		p.startReencode()
+	}
 	key := p.clock.Keyframe(f.PTS())
+	if r := p.reencode; r != nil { // the source rung always flows
+		r.arrival = p.arrival
+		sf, err := r.scale.Scale(f)
+		if err != nil {
+			return err
+		}
+		if err := r.enc.Encode(sf, key, r.publish); err != nil {
+			return err
+		}
+	}
 	shed := p.shed(key)
 	for i, r := range p.rungs {
 		if i < shed {
@@ -185,6 +235,95 @@ func (p *Pipeline) frame(f *av.Frame) error {
 		r.encodeTime.Observe(time.Since(start).Seconds())
 	}
 	return nil
+}
+
+// checkSource notices, on every access unit as it arrives, a source that
+// is unsafe to pass through to WebRTC viewers: one whose timestamps go
+// backwards in decode order (B-frames: frames reordered), or whose
+// keyframes are further apart than a viewer switching to it should wait
+// (caught as soon as the gap exceeds the limit, not at the next keyframe).
+func (p *Pipeline) checkSource(pts int64, key bool) {
+	limit := int64(ladder.MaxPassthroughGOP.Seconds() * 90000)
+	switch {
+	case pts < p.maxPTS:
+		p.unsafe("the source reorders frames (B-frames)")
+	case key:
+		if p.seenKey && pts-p.lastKey > limit {
+			p.unsafe("the source's keyframes are more than 2 s apart")
+		}
+		p.seenKey, p.lastKey = true, pts
+	case p.seenKey && pts-p.lastKey > limit:
+		p.unsafe("the source's keyframes are more than 2 s apart")
+	}
+	p.maxPTS = max(p.maxPTS, pts)
+}
+
+// unsafe records why the source must be re-encoded; the switch happens at
+// the next decoded frame, when the source size is known.
+func (p *Pipeline) unsafe(why string) {
+	if p.unsafeWhy == "" {
+		p.unsafeWhy = why
+	}
+}
+
+// startReencode switches the source rendition from passthrough to a
+// re-encode at source size on the shared keyframe clock. A source that
+// was unsafe stays re-encoded.
+func (p *Pipeline) startReencode() {
+	why := p.unsafeWhy
+	// Bit rate for the source size: the 720p rung's rate scaled by area,
+	// capped where WebRTC viewers still keep up.
+	bitrate := min(8_000_000, int(2_500_000*float64(p.srcW*p.srcH)/(1280*720)))
+	enc, err := p.newEncoder(p.srcW, p.srcH, bitrate)
+	if err != nil {
+		p.log.Error("cannot re-encode the source; passing it through", "err", err)
+		return
+	}
+	p.gate.shut()
+	p.reencoding.Store(true)
+	p.reencode = &rung{
+		out:   Output{Rung: ladder.Rung{Name: "source", Width: p.srcW, Height: p.srcH, Bitrate: bitrate}, Hub: p.sourceHub},
+		scale: av.NewScaler(p.srcW, p.srcH), enc: enc, src: p.sourceHub.NewSource(),
+	}
+	p.reencode.bindMetrics(p.m, p.stream)
+	p.clock.Force() // the re-encode starts with an IDR, and the rungs with it
+	p.log.Info("re-encoding the source for WebRTC viewers", "why", why)
+	p.publishLadder()
+}
+
+// publishLadder tells the listener the current renditions, source first.
+func (p *Pipeline) publishLadder() {
+	if p.lis == nil {
+		return
+	}
+	src := Output{Rung: ladder.Rung{Name: "source", Width: p.srcW, Height: p.srcH, Passthrough: true}, Hub: p.sourceHub}
+	if p.reencode != nil {
+		src = p.reencode.out
+	}
+	outs := []Output{src}
+	for _, r := range p.rungs {
+		outs = append(outs, r.out)
+	}
+	p.lis.LadderChanged(outs)
+}
+
+func (p *Pipeline) newEncoder(w, h, bitrate int) (*av.Encoder, error) {
+	ec := av.EncoderConfig{Name: p.cfg.Encoder, Width: w, Height: h, Bitrate: bitrate, FPS: 30, Preset: p.cfg.Preset}
+	enc, err := av.NewEncoder(ec)
+	if err != nil && ec.Name != "libx264" {
+		// A hardware encoder named in the config but absent here.
+		p.log.Warn("encoder unavailable; falling back to libx264", "encoder", ec.Name, "err", err)
+		p.cfg.Encoder, ec.Name = "libx264", "libx264"
+		enc, err = av.NewEncoder(ec)
+	}
+	return enc, err
+}
+
+func (r *rung) bindMetrics(m *Metrics, stream string) {
+	name := r.out.Rung.Name
+	r.framesOut, r.dropped = m.framesOut.WithLabelValues(stream, name), m.dropped.WithLabelValues(stream, name)
+	r.keyframes, r.bytesOut = m.keyframes.WithLabelValues(stream, name), m.bytesOut.WithLabelValues(stream, name)
+	r.encodeTime, r.latency = m.encodeTime.WithLabelValues(name), m.latency.WithLabelValues(name)
 }
 
 // overloadLag is how far behind real time a frame may be before rungs
@@ -237,16 +376,8 @@ func (p *Pipeline) rebuild(w, h int) error {
 	if err != nil {
 		return err
 	}
-	var outs []Output
-	for _, pr := range plan[1:] { // plan[0] is the source, passed through
-		ec := av.EncoderConfig{Name: p.cfg.Encoder, Width: pr.Width, Height: pr.Height, Bitrate: pr.Bitrate, FPS: 30, Preset: p.cfg.Preset}
-		enc, err := av.NewEncoder(ec)
-		if err != nil && ec.Name != "libx264" {
-			// A hardware encoder named in the config but absent here.
-			p.log.Warn("encoder unavailable; falling back to libx264", "encoder", ec.Name, "err", err)
-			p.cfg.Encoder, ec.Name = "libx264", "libx264"
-			enc, err = av.NewEncoder(ec)
-		}
+	for _, pr := range plan[1:] { // plan[0] is the source: see unsafe
+		enc, err := p.newEncoder(pr.Width, pr.Height, pr.Bitrate)
 		if err != nil {
 			p.closeRungs()
 			return fmt.Errorf("transcode: rung %s: %w", pr.Name, err)
@@ -255,20 +386,29 @@ func (p *Pipeline) rebuild(w, h int) error {
 		// Viewers' keyframe requests on a rung move the shared clock, so
 		// every rung's next IDR comes early and stays aligned.
 		hub.SetKeyframeRequester(p.clock.Force)
-		r := &rung{out: Output{Rung: pr, Hub: hub}, scale: av.NewScaler(pr.Width, pr.Height), enc: enc, src: hub.NewSource(),
-			framesOut: p.m.framesOut.WithLabelValues(p.stream, pr.Name), dropped: p.m.dropped.WithLabelValues(p.stream, pr.Name),
-			keyframes: p.m.keyframes.WithLabelValues(p.stream, pr.Name), bytesOut: p.m.bytesOut.WithLabelValues(p.stream, pr.Name),
-			encodeTime: p.m.encodeTime.WithLabelValues(pr.Name), latency: p.m.latency.WithLabelValues(pr.Name)}
+		r := &rung{out: Output{Rung: pr, Hub: hub}, scale: av.NewScaler(pr.Width, pr.Height), enc: enc, src: hub.NewSource()}
+		r.bindMetrics(p.m, p.stream)
 		p.rungs = append(p.rungs, r)
-		outs = append(outs, r.out)
 	}
+	wasReencoding := p.reencode != nil
+	p.closeReencode()
 	p.srcW, p.srcH = w, h
 	p.clock.Force()
-	p.log.Info("ladder planned", "source", fmt.Sprintf("%dx%d", w, h), "rungs", len(outs))
-	if p.lis != nil {
-		p.lis.LadderChanged(outs)
+	p.log.Info("ladder planned", "source", fmt.Sprintf("%dx%d", w, h), "rungs", len(p.rungs))
+	if wasReencoding {
+		p.startReencode() // publishes the ladder
+	} else {
+		p.publishLadder()
 	}
 	return nil
+}
+
+func (p *Pipeline) closeReencode() {
+	if p.reencode != nil {
+		p.reencode.enc.Close()
+		p.reencode.scale.Close()
+		p.reencode = nil
+	}
 }
 
 func (p *Pipeline) closeRungs() {
@@ -282,9 +422,12 @@ func (p *Pipeline) closeRungs() {
 
 func (p *Pipeline) teardown() {
 	p.closeRungs()
+	p.closeReencode()
 	if p.lis != nil {
 		p.lis.LadderChanged(nil)
 	}
+	p.gate.close()
+	p.sourceHub.Close()
 	p.sub.Close()
 	p.dec.Close()
 }

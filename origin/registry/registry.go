@@ -66,7 +66,9 @@ type Rendition struct {
 	Name          string
 	Width, Height int
 	Bitrate       int
-	Hub           *media.Hub
+	// Passthrough is set on "source" while it is the publisher's own stream.
+	Passthrough bool
+	Hub         *media.Hub
 }
 
 // SetRenditions replaces the stream's transcoded rungs (the transcoder
