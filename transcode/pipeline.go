@@ -96,6 +96,9 @@ type Pipeline struct {
 	lastKey   int64 // unwrapped timestamp of the last source keyframe
 	seenKey   bool
 	unsafeWhy string // why the source must be re-encoded, once found
+
+	windowStart int64         // first timestamp of the realtime-factor window
+	busy        time.Duration // work in the window
 	// reencoding is read by viewers' keyframe requests on the source hub.
 	reencoding atomic.Bool
 }
@@ -181,7 +184,10 @@ func (p *Pipeline) run() {
 			p.arrival = pk.Arrival
 			pts := p.unwrap.Unwrap(au.Timestamp)
 			p.checkSource(pts, au.Keyframe)
-			if err := p.dec.Decode(au.Data, pts, p.frame); err != nil {
+			start := time.Now()
+			err := p.dec.Decode(au.Data, pts, p.frame)
+			p.measure(pts, time.Since(start))
+			if err != nil {
 				p.errs++
 				p.decodeErrors.Inc()
 				if p.errs&(p.errs-1) == 0 { // log the 1st, 2nd, 4th, 8th... error
@@ -235,6 +241,20 @@ func (p *Pipeline) frame(f *av.Frame) error {
 		r.encodeTime.Observe(time.Since(start).Seconds())
 	}
 	return nil
+}
+
+// measure keeps the realtime factor: content time covered per second of
+// work (decoding and every rung), reported every 2 s of content.
+func (p *Pipeline) measure(pts int64, work time.Duration) {
+	p.busy += work
+	if p.windowStart == 0 || pts < p.windowStart {
+		p.windowStart, p.busy = pts, work
+		return
+	}
+	if content := pts - p.windowStart; content >= 2*90000 && p.busy > 0 {
+		p.m.realtime.WithLabelValues(p.stream).Set(float64(content) / 90000 / p.busy.Seconds())
+		p.windowStart, p.busy = pts, 0
+	}
 }
 
 // checkSource notices, on every access unit as it arrives, a source that

@@ -176,6 +176,9 @@ func TestPipelineAlignedRungs(t *testing.T) {
 			t.Errorf("%s: %v keyframes counted, %d seen", r.out.Rung.Name, got, len(r.keys))
 		}
 	}
+	if rt := testutil.ToFloat64(m.realtime.WithLabelValues("live")); rt <= 0 {
+		t.Errorf("realtime factor %v after 3 s of content", rt)
+	}
 	// Shedding depends on how busy the machine is; the lowest rung never sheds.
 	if d := testutil.ToFloat64(m.dropped.WithLabelValues("live", "240p")); d != 0 {
 		t.Errorf("240p shed %v frames", d)
