@@ -84,7 +84,6 @@ type Pipeline struct {
 	rungs   []*rung
 	srcW    int
 	srcH    int
-	frames  uint64
 	errs    uint64
 	arrival time.Time // of the access unit being decoded
 
@@ -207,19 +206,13 @@ func (p *Pipeline) frame(f *av.Frame) error {
 			return err
 		}
 	}
-	p.frames++
 	p.framesIn.Inc()
 	if p.unsafeWhy != "" && p.reencode == nil {
 		p.startReencode()
 	}
 	key := p.clock.Keyframe(f.PTS())
-	if r := p.reencode; r != nil { // the source rung always flows
-		r.arrival = p.arrival
-		sf, err := r.scale.Scale(f)
-		if err != nil {
-			return err
-		}
-		if err := r.enc.Encode(sf, key, r.publish); err != nil {
+	if p.reencode != nil { // the source rung always flows
+		if err := p.reencode.encode(f, key, p.arrival); err != nil {
 			return err
 		}
 	}
@@ -229,17 +222,25 @@ func (p *Pipeline) frame(f *av.Frame) error {
 			r.dropped.Inc()
 			continue
 		}
-		start := time.Now()
-		r.arrival = p.arrival
-		sf, err := r.scale.Scale(f)
-		if err != nil {
+		if err := r.encode(f, key, p.arrival); err != nil {
 			return err
 		}
-		if err := r.enc.Encode(sf, key, r.publish); err != nil {
-			return err
-		}
-		r.encodeTime.Observe(time.Since(start).Seconds())
 	}
+	return nil
+}
+
+// encode scales and encodes one source frame that arrived at arrival.
+func (r *rung) encode(f *av.Frame, key bool, arrival time.Time) error {
+	start := time.Now()
+	r.arrival = arrival
+	sf, err := r.scale.Scale(f)
+	if err != nil {
+		return err
+	}
+	if err := r.enc.Encode(sf, key, r.publish); err != nil {
+		return err
+	}
+	r.encodeTime.Observe(time.Since(start).Seconds())
 	return nil
 }
 
