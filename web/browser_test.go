@@ -324,7 +324,11 @@ func TestBrowserPublishAndWatch(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t, ignoreExisting) })
 
 	nodeLog := &tailBuffer{max: 16 << 10}
-	n, err := node.New(node.TestConfig(), browserTestLogger(nodeLog))
+	// The ladder is on: Chromium publishes real H.264 (OpenH264), so the
+	// page plays what the transcoder's source rendition carries.
+	cfg := node.TestConfig()
+	cfg.Transcode.Enabled = true
+	n, err := node.New(cfg, browserTestLogger(nodeLog))
 	if err != nil {
 		t.Fatal(err)
 	}
