@@ -67,6 +67,7 @@ type Pipeline struct {
 	cfg    Config
 	stream string
 	m      *Metrics
+	src    *media.Hub
 	sub    *media.Subscriber
 
 	framesIn, decodeErrors prometheus.Counter
@@ -129,7 +130,7 @@ func Start(cfg Config, stream string, src *media.Hub, lis Listener, m *Metrics, 
 		return nil, errors.New("transcode: source hub is closed")
 	}
 	p := &Pipeline{
-		cfg: cfg, stream: stream, sub: sub, lis: lis, dec: dec, done: make(chan struct{}), m: m,
+		cfg: cfg, stream: stream, src: src, sub: sub, lis: lis, dec: dec, done: make(chan struct{}), m: m,
 		framesIn: m.framesIn.WithLabelValues(stream), decodeErrors: m.decodeErrors.WithLabelValues(stream),
 		clock:     ladder.NewKeyClock(int64(cfg.KeyframeInterval.Seconds() * 90000)),
 		log:       log.With("component", "transcode"),
@@ -275,6 +276,11 @@ func (p *Pipeline) checkSource(pts int64, key bool) {
 		p.seenKey, p.lastKey = true, pts
 	case p.seenKey && pts-p.lastKey > limit:
 		p.unsafe("the source's keyframes are more than 2 s apart")
+	case p.seenKey && p.unsafeWhy == "" && pts-p.lastKey > int64(p.cfg.KeyframeInterval.Seconds()*90000):
+		// Browsers send keyframes only when asked: ask (the hub allows one
+		// request a second), so a publisher that listens stays passed
+		// through. One that does not (OBS) is re-encoded at the limit.
+		p.src.RequestKeyframe()
 	}
 	p.maxPTS = max(p.maxPTS, pts)
 }

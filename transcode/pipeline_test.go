@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -433,5 +434,50 @@ func TestUnsafeSourceIsReencoded(t *testing.T) {
 	}
 	if len(got) < 60 {
 		t.Fatalf("the early viewer received %d access units over 3 s", len(got))
+	}
+}
+
+// TestLongGOPAsksThenReencodes: a source whose keyframes come every 3 s is
+// first asked for keyframes (browsers answer), and when none comes within
+// 2 s (OBS ignores the requests) its source rendition is re-encoded.
+func TestLongGOPAsksThenReencodes(t *testing.T) {
+	aus, pts, _ := transcodetest.Make(t, transcodetest.Clip{Seconds: "4", Size: "640x360", Profile: "baseline", GOP: 90})
+	src := media.NewHub(media.DefaultHubConfig(media.Video, "H264", 90000))
+	defer src.Close()
+	var asked atomic.Int32
+	src.SetKeyframeRequester(func() { asked.Add(1) })
+	lis := &ladderLog{seen: make(chan struct{})}
+	p, err := Start(DefaultConfig(), "live", src, lis, NewMetrics(prometheus.NewRegistry()), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	w := src.NewSource()
+	var pay codecs.H264Payloader
+	tick := time.NewTicker(time.Second / 30)
+	defer tick.Stop()
+	seq := uint16(0)
+	for i, au := range aus {
+		<-tick.C
+		payloads := pay.Payload(1200, au)
+		for j, pl := range payloads {
+			w.Write(&media.Packet{SequenceNumber: seq, Timestamp: uint32(pts[i]), Marker: j == len(payloads)-1, Payload: pl})
+			seq++
+		}
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	reencoded := func() bool {
+		lis.mu.Lock()
+		defer lis.mu.Unlock()
+		return lis.source.Hub != nil && !lis.source.Rung.Passthrough
+	}
+	for time.Now().Before(deadline) && !reencoded() {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if asked.Load() == 0 {
+		t.Error("the publisher was never asked for a keyframe")
+	}
+	if !reencoded() {
+		t.Error("a 3 s GOP source was not re-encoded")
 	}
 }

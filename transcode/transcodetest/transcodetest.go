@@ -21,6 +21,8 @@ type Clip struct {
 	Profile string // H.264 profile: "high" has B-frames (OBS's default), "baseline" as browsers send
 	// Noise adds grain, so the encoder works as hard as on camera footage.
 	Noise bool
+	// GOP is the keyframe interval in frames (default 30).
+	GOP int
 	// Bitrate caps the source (e.g. "6M", as OBS sends 1080p); empty lets
 	// x264 choose, which for grain is far above what any publisher sends.
 	Bitrate string
@@ -56,12 +58,16 @@ func Make(t testing.TB, c Clip) (aus [][]byte, pts []int64, mkv string) {
 		}
 		return out
 	}
+	gop := c.GOP
+	if gop == 0 {
+		gop = 30
+	}
 	filter := "null"
 	if c.Noise {
 		filter = "noise=alls=12:allf=t"
 	}
 	args := []string{"-v", "error", "-f", "lavfi", "-i", "testsrc2=size=" + c.Size + ":rate=30", "-t", c.Seconds, "-vf", filter,
-		"-c:v", "libx264", "-profile:v", c.Profile, "-g", "30", "-pix_fmt", "yuv420p"}
+		"-c:v", "libx264", "-profile:v", c.Profile, "-g", strconv.Itoa(gop), "-keyint_min", strconv.Itoa(gop), "-sc_threshold", "0", "-pix_fmt", "yuv420p"}
 	if c.Bitrate != "" {
 		args = append(args, "-b:v", c.Bitrate, "-maxrate", c.Bitrate, "-bufsize", c.Bitrate)
 	}
