@@ -71,9 +71,8 @@ func runPipelineWith(t *testing.T, cfg Config, lag time.Duration) (reads []*rung
 	}
 	defer p.Close()
 
-	w := src.NewSource()
-	var pay codecs.H264Payloader
-	seq := uint16(1000)
+	pub := newPublisher(src)
+	pub.Lag = lag
 	drain := func() {
 		for _, r := range reads {
 			for _, e := range r.sub.Pop(nil) {
@@ -89,16 +88,7 @@ func runPipelineWith(t *testing.T, cfg Config, lag time.Duration) (reads []*rung
 			}
 		}
 	}
-	tick := time.NewTicker(time.Second / 30) // the source's own pace
-	defer tick.Stop()
-	for i, au := range aus {
-		<-tick.C
-		payloads := pay.Payload(1200, au)
-		for j, pl := range payloads {
-			w.Write(&media.Packet{SequenceNumber: seq, Timestamp: uint32(pts[i] + 12345), Marker: j == len(payloads)-1,
-				Payload: pl, Arrival: time.Now().Add(-lag)})
-			seq++
-		}
+	pub.send(aus, pts, 12345, func() {
 		if reads == nil {
 			select {
 			case <-lis.seen:
@@ -111,7 +101,7 @@ func runPipelineWith(t *testing.T, cfg Config, lag time.Duration) (reads []*rung
 			}
 		}
 		drain()
-	}
+	})
 	// Wait for the last frames to come through (the lowest rung is never shed).
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) && (len(reads) == 0 || len(reads[len(reads)-1].aus) < len(aus)-15) {
@@ -245,23 +235,9 @@ func TestPipelineRebuildsOnResolutionChange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := src.NewSource()
-	var pay codecs.H264Payloader
-	seq := uint16(0)
-	send := func(aus [][]byte, pts []int64, offset int64) {
-		tick := time.NewTicker(time.Second / 30)
-		defer tick.Stop()
-		for i, au := range aus {
-			<-tick.C
-			payloads := pay.Payload(1200, au)
-			for j, pl := range payloads {
-				w.Write(&media.Packet{SequenceNumber: seq, Timestamp: uint32(pts[i] + offset), Marker: j == len(payloads)-1, Payload: pl})
-				seq++
-			}
-		}
-	}
-	send(big, bigPTS, 0)
-	send(small, smallPTS, 90000*2)
+	pub := newPublisher(src)
+	pub.send(big, bigPTS, 0, nil)
+	pub.send(small, smallPTS, 90000*2, nil)
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) && len(lis.get()) < 2 {
 		time.Sleep(20 * time.Millisecond)
@@ -327,20 +303,7 @@ func feedSource(t *testing.T, profile string) (sent [][]byte, got [][]byte, lis 
 			}
 		}
 	}
-	w := src.NewSource()
-	var pay codecs.H264Payloader
-	tick := time.NewTicker(time.Second / 30)
-	defer tick.Stop()
-	seq := uint16(0)
-	for i, au := range sent {
-		<-tick.C
-		payloads := pay.Payload(1200, au)
-		for j, pl := range payloads {
-			w.Write(&media.Packet{SequenceNumber: seq, Timestamp: uint32(pts[i]), Marker: j == len(payloads)-1, Payload: pl})
-			seq++
-		}
-		drain()
-	}
+	newPublisher(src).send(sent, pts, 0, drain)
 	deadline := time.Now().Add(3 * time.Second)
 	for time.Now().Before(deadline) && len(got) < len(sent)-20 {
 		time.Sleep(20 * time.Millisecond)
@@ -452,19 +415,7 @@ func TestLongGOPAsksThenReencodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	w := src.NewSource()
-	var pay codecs.H264Payloader
-	tick := time.NewTicker(time.Second / 30)
-	defer tick.Stop()
-	seq := uint16(0)
-	for i, au := range aus {
-		<-tick.C
-		payloads := pay.Payload(1200, au)
-		for j, pl := range payloads {
-			w.Write(&media.Packet{SequenceNumber: seq, Timestamp: uint32(pts[i]), Marker: j == len(payloads)-1, Payload: pl})
-			seq++
-		}
-	}
+	newPublisher(src).send(aus, pts, 0, nil)
 	deadline := time.Now().Add(3 * time.Second)
 	reencoded := func() bool {
 		lis.mu.Lock()
@@ -479,5 +430,35 @@ func TestLongGOPAsksThenReencodes(t *testing.T) {
 	}
 	if !reencoded() {
 		t.Error("a 3 s GOP source was not re-encoded")
+	}
+}
+
+// publisher sends a clip into a hub as RTP, paced like the live source.
+type publisher struct {
+	w   *media.Source
+	pay codecs.H264Payloader
+	seq uint16
+	// Lag sets each packet's arrival that far in the past.
+	Lag time.Duration
+}
+
+func newPublisher(hub *media.Hub) *publisher { return &publisher{w: hub.NewSource()} }
+
+// send publishes aus at 30 fps with timestamps pts+offset, calling each
+// (if set) after every access unit.
+func (p *publisher) send(aus [][]byte, pts []int64, offset int64, each func()) {
+	tick := time.NewTicker(time.Second / 30)
+	defer tick.Stop()
+	for i, au := range aus {
+		<-tick.C
+		payloads := p.pay.Payload(1200, au)
+		for j, pl := range payloads {
+			p.w.Write(&media.Packet{SequenceNumber: p.seq, Timestamp: uint32(pts[i] + offset), Marker: j == len(payloads)-1,
+				Payload: pl, Arrival: time.Now().Add(-p.Lag)})
+			p.seq++
+		}
+		if each != nil {
+			each()
+		}
 	}
 }
