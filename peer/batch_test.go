@@ -2,7 +2,10 @@ package peer
 
 import (
 	"encoding/binary"
+	"io"
+	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -112,4 +115,29 @@ func benchWrite(b *testing.B, batched bool) {
 			}
 		}
 	}
+}
+
+// TestTCPPortTaken: ICE-TCP must get the UDP port's number; when a fixed
+// port's TCP side is taken, New fails and says so (with ":0" it retries
+// with another port instead).
+func TestTCPPortTaken(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cfg := DefaultConfig()
+	cfg.Listen = ln.Addr().String()
+	if e, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil {
+		e.Close()
+		t.Fatal("New succeeded with the TCP port taken")
+	} else if !strings.Contains(err.Error(), "listen tcp") {
+		t.Fatalf("error %q does not say what failed", err)
+	}
+	cfg.Listen = "127.0.0.1:0"
+	e, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
 }

@@ -90,22 +90,9 @@ func New(cfg Config, log *slog.Logger) (*Engine, error) {
 	}
 	e := &Engine{cfg: cfg, log: log.With("component", "webrtc")}
 	lf := LoggerFactory(log)
-	if err := e.listenUDP(cfg.Listen, lf); err != nil {
+	if err := e.listen(lf); err != nil {
 		e.Close()
 		return nil, err
-	}
-	if cfg.TCP {
-		// ICE-TCP on the same port number as UDP, so two firewall holes do.
-		var err error
-		e.tcp, err = net.Listen("tcp4", net.JoinHostPort(host(cfg.Listen), fmt.Sprint(e.UDPAddr().(*net.UDPAddr).Port)))
-		if err != nil {
-			e.Close()
-			return nil, fmt.Errorf("webrtc: listen tcp: %w", err)
-		}
-		e.tcpMux = ice.NewTCPMuxDefault(ice.TCPMuxParams{
-			Listener: e.tcp, Logger: lf.NewLogger("ice-tcp"), ReadBufferSize: 64,
-			WriteBufferSize: 4 << 20, FirstStunBindTimeout: cfg.HandshakeTimeout,
-		})
 	}
 	public, err := resolveHosts(cfg.PublicHosts)
 	if err != nil {
@@ -244,6 +231,41 @@ func (e *Engine) Config() Config { return e.cfg }
 
 // UDPAddr is a bound UDP address (its port, when Listen asked for 0).
 func (e *Engine) UDPAddr() net.Addr { return e.udp[0].LocalAddr() }
+
+// listen opens the UDP port and, with ICE-TCP, the TCP port of the same
+// number. When the port is chosen by the system (":0"), the TCP port of
+// that number may be taken: then it tries again with another.
+func (e *Engine) listen(lf *slogFactory) error {
+	_, port, _ := net.SplitHostPort(e.cfg.Listen)
+	attempts := 1
+	if port == "0" {
+		attempts = 8
+	}
+	var err error
+	for i := 0; i < attempts; i++ {
+		if err = e.listenUDP(e.cfg.Listen, lf); err != nil {
+			return err
+		}
+		if !e.cfg.TCP {
+			return nil
+		}
+		addr := net.JoinHostPort(host(e.cfg.Listen), fmt.Sprint(e.UDPAddr().(*net.UDPAddr).Port))
+		if e.tcp, err = net.Listen("tcp4", addr); err == nil {
+			// ICE-TCP on the same port number as UDP, so two firewall holes do.
+			e.tcpMux = ice.NewTCPMuxDefault(ice.TCPMuxParams{
+				Listener: e.tcp, Logger: lf.NewLogger("ice-tcp"), ReadBufferSize: 64,
+				WriteBufferSize: 4 << 20, FirstStunBindTimeout: e.cfg.HandshakeTimeout,
+			})
+			return nil
+		}
+		e.udpMux.Close() // closes the sockets too
+		for _, u := range e.udp {
+			u.Close()
+		}
+		e.udp, e.udpMux = nil, nil
+	}
+	return fmt.Errorf("webrtc: listen tcp: %w", err)
+}
 
 func host(hostport string) string {
 	h, _, _ := net.SplitHostPort(hostport)
