@@ -1,0 +1,88 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+func scrape(url string) (string, error) {
+	client := &http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s: HTTP %d", url, resp.StatusCode)
+	}
+	return string(b), nil
+}
+
+// metricSum adds the samples of a Prometheus text-format metric whose
+// labels contain every one of want (`key="value"`).
+func metricSum(text, name string, want ...string) (float64, bool) {
+	var sum float64
+	found := false
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(line, name) {
+			continue
+		}
+		rest := line[len(name):]
+		var labels string
+		switch {
+		case strings.HasPrefix(rest, "{"):
+			end := strings.LastIndexByte(rest, '}')
+			if end < 0 {
+				continue
+			}
+			labels, rest = rest[1:end], rest[end+1:]
+		case strings.HasPrefix(rest, " "):
+		default:
+			continue // another metric with this prefix
+		}
+		ok := true
+		for _, w := range want {
+			if !strings.Contains(labels, w) {
+				ok = false
+				break
+			}
+		}
+		if !ok {
+			continue
+		}
+		fs := strings.Fields(rest)
+		if len(fs) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(fs[0], 64)
+		if err != nil {
+			continue
+		}
+		sum += v
+		found = true
+	}
+	return sum, found
+}
+
+func serverViewers(base string) (int64, error) {
+	s, err := scrape(base + "/v1/streams/" + streamName)
+	if err != nil {
+		return 0, err
+	}
+	var st struct {
+		Viewers int64 `json:"viewers"`
+	}
+	if err := json.Unmarshal([]byte(s), &st); err != nil {
+		return 0, err
+	}
+	return st.Viewers, nil
+}
