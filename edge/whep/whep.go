@@ -188,13 +188,15 @@ type output struct {
 
 	// Owned by the writer goroutine.
 	hdr     rtp.Header
+	off     uint16 // viewer seq = hub seq + off
 	lastOut uint16
 	begun   bool
 	dropped uint64
 
-	// offsets maps viewer sequence numbers back to hub ones for NACKs:
-	// current offset | previous offset<<16 | first viewer seq of the
-	// current offset<<32. Written by the writer, read by the RTCP reader.
+	// offsets publishes off to the RTCP reader, which maps NACKed viewer
+	// sequence numbers back to hub ones: current offset | previous
+	// offset<<16 | first viewer seq of the current offset<<32. Written only
+	// when off changes.
 	offsets atomic.Uint64
 
 	packets, bytes, drops prometheus.Counter
@@ -220,16 +222,15 @@ func (s *session) addTrack(kind webrtc.RTPCodecType, hub *media.Hub, codec webrt
 func (o *output) send(e media.Entry) error {
 	p := e.Packet
 	if !o.begun || e.Resync {
-		cur := uint16(o.offsets.Load())
 		next := o.lastOut + 1
 		off := next - p.SequenceNumber
 		if !o.begun {
 			off, next = 0, p.SequenceNumber
 		}
-		o.offsets.Store(uint64(off) | uint64(cur)<<16 | uint64(next)<<32)
-		o.begun = true
+		o.offsets.Store(uint64(off) | uint64(o.off)<<16 | uint64(next)<<32)
+		o.off, o.begun = off, true
 	}
-	seq := p.SequenceNumber + uint16(o.offsets.Load())
+	seq := p.SequenceNumber + o.off
 	o.hdr = rtp.Header{Version: 2, Marker: p.Marker, SequenceNumber: seq, Timestamp: p.Timestamp}
 	o.lastOut = seq
 	o.packets.Inc()
