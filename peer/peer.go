@@ -258,13 +258,21 @@ func (e *Engine) listen(lf *slogFactory) error {
 			})
 			return nil
 		}
-		e.udpMux.Close() // closes the sockets too
-		for _, u := range e.udp {
-			u.Close()
-		}
-		e.udp, e.udpMux = nil, nil
+		e.closeUDP()
 	}
 	return fmt.Errorf("webrtc: listen tcp: %w", err)
+}
+
+// closeUDP closes the UDP mux and its sockets.
+func (e *Engine) closeUDP() {
+	if e.udpMux != nil {
+		e.udpMux.Close()
+		e.udpMux = nil
+	}
+	for _, u := range e.udp { // the mux closed them; Close is idempotent
+		u.Close()
+	}
+	e.udp = nil
 }
 
 func host(hostport string) string {
@@ -333,18 +341,11 @@ func localIPv4() ([]net.IP, error) {
 
 // Close releases the sockets. Idempotent.
 func (e *Engine) Close() error {
-	if e.udpMux != nil {
-		e.udpMux.Close()
-		e.udpMux = nil
-	}
+	e.closeUDP()
 	if e.tcpMux != nil {
 		e.tcpMux.Close()
 		e.tcpMux = nil
 	}
-	for _, u := range e.udp {
-		u.Close()
-	}
-	e.udp = nil
 	if e.tcp != nil {
 		e.tcp.Close()
 		e.tcp = nil
