@@ -17,13 +17,7 @@ func TestMetricsExposed(t *testing.T) {
 	eventually(t, "frames", 10*time.Second, func() bool { return v.VideoFrames.Load() > 10 })
 	post(t, n, "/whip/live", "text/plain", "x", nil) // a refused request, counted
 
-	resp, err := http.Get(n.URL() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	text := string(b)
+	text := metricsText(t, n)
 	for _, want := range []string{
 		"cascade_publishers 1",
 		"cascade_viewers 1",
@@ -44,4 +38,19 @@ func TestMetricsExposed(t *testing.T) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
+}
+
+// metricsText returns the node's /metrics exposition.
+func metricsText(t *testing.T, n *Node) string {
+	t.Helper()
+	resp, err := http.Get(n.URL() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -226,13 +226,7 @@ func TestSilentPublisherGraceThenEnd(t *testing.T) {
 		return vs == 0
 	})
 	// Per-stream series go with the stream, so ended streams do not pile up.
-	resp, err := http.Get(n.URL() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if strings.Contains(string(b), `stream="quiet"`) {
+	if strings.Contains(metricsText(t, n), `stream="quiet"`) {
 		t.Error("metrics still carry the ended stream's series")
 	}
 	if _, err := mediatest.Watch(ctxT(t, 5*time.Second), n.URL()+"/whep/quiet", mediatest.ViewerOptions{}); err == nil {
