@@ -18,8 +18,9 @@ import (
 	"mime"
 	"net/http"
 	"path"
-	"regexp"
 	"time"
+
+	"github.com/cascade-cdn/cascade/wish"
 )
 
 //go:embed pages/*.html
@@ -27,12 +28,6 @@ var pageFiles embed.FS
 
 //go:embed static
 var staticFiles embed.FS
-
-// streamName is the stream name contract shared with /whip, /whep and
-// /v1/streams. It is repeated here rather than imported so that the pages
-// do not depend on the signalling packages; the pattern is part of the API
-// and does not change.
-var streamName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
 // badName is the 400 body: one line a person can act on.
 const badName = "bad stream name: use 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -86,7 +81,7 @@ func Register(mux *http.ServeMux) {
 func streamPage(p *page) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("stream")
-		if !streamName.MatchString(name) {
+		if !wish.ValidStreamName(name) {
 			w.Header().Set("Cache-Control", "no-cache")
 			http.Error(w, badName, http.StatusBadRequest)
 			return
