@@ -63,7 +63,7 @@ func TestWatchTranscodedRendition(t *testing.T) {
 	for name, v := range viewers {
 		eventually(t, "75 access units on "+name, 20*time.Second, func() bool { return len(v.AccessUnits()) >= 75 })
 		want := sizes[name]
-		dec, err := av.NewDecoder()
+		dec, err := av.NewDecoder("H264")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,14 +1,11 @@
 package transcode
 
 import (
-	"fmt"
 	"io"
 	"log/slog"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -18,12 +15,6 @@ import (
 	"github.com/cascade-cdn/cascade/transcode/ladder"
 	"github.com/cascade-cdn/cascade/transcode/transcodetest"
 )
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 // BenchmarkLadder runs the whole default ladder on generated 5 s inputs
 // with motion and grain (testsrc2 + noise; 720p at 3 Mbps, 1080p at
@@ -37,52 +28,57 @@ func cpuTime() time.Duration {
 // plus every rung), and the ffmpeg CLI's CPU for the same ladder with the
 // same x264 settings, measured in the same run, as a ratio.
 func BenchmarkLadder(b *testing.B) {
-	for _, bc := range []struct{ size, bitrate, preset string }{
-		{"1280x720", "3M", "veryfast"}, {"1280x720", "3M", "superfast"}, {"1280x720", "3M", "ultrafast"},
-		{"1920x1080", "6M", "veryfast"}, {"1920x1080", "6M", "superfast"}, {"1920x1080", "6M", "ultrafast"},
-	} {
-		size := bc.size
-		b.Run(size+"/"+bc.preset, func(b *testing.B) {
-			// OBS-like sources: High profile with B-frames at the bit
-			// rates OBS users stream at.
-			aus, pts, mkv := transcodetest.Make(b, transcodetest.Clip{Seconds: "5", Size: size, Profile: "high", Noise: true, Bitrate: bc.bitrate})
-			content := 5.0
-			cfg := DefaultConfig()
-			cfg.Preset = bc.preset
-			var lat []time.Duration
-			b.ResetTimer()
-			cpu0, wall0 := cpuTime(), time.Now()
-			for i := 0; i < b.N; i++ {
-				lat = append(lat, transcodeOffline(b, cfg, aus, pts)...)
-			}
-			cpu, wall := cpuTime()-cpu0, time.Since(wall0)
-			b.StopTimer()
-			slices.Sort(lat)
-			coreS := cpu.Seconds() / (content * float64(b.N))
-			b.ReportMetric(coreS, "core-s/content-s")
-			b.ReportMetric(content*float64(b.N)/wall.Seconds(), "x-realtime")
-			b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "ms-p50")
-			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "ms-p99")
-			if ff := ffmpegLadder(b, mkv, size, cfg); ff > 0 {
-				b.ReportMetric(ff/content, "ffmpeg-core-s/content-s")
-				b.ReportMetric(coreS/(ff/content), "ratio-vs-ffmpeg")
-			}
-		})
+	for _, src := range []struct{ size, bitrate string }{{"1280x720", "3M"}, {"1920x1080", "6M"}} {
+		size := src.size
+		// OBS-like sources: High profile with B-frames at the bit rates
+		// OBS users stream at, made once for every preset.
+		aus, pts, mkv := transcodetest.Make(b, transcodetest.Clip{Seconds: "5", Size: size, Profile: "high", Noise: true, Bitrate: src.bitrate})
+		for _, preset := range []string{"veryfast", "superfast", "ultrafast"} {
+			benchmarkLadder(b, size, preset, aus, pts, mkv)
+		}
 	}
+}
+
+func benchmarkLadder(b *testing.B, size, preset string, aus [][]byte, pts []int64, mkv string) {
+	b.Run(size+"/"+preset, func(b *testing.B) {
+		content := 5.0
+		cfg := DefaultConfig()
+		cfg.Preset = preset
+		var lat []time.Duration
+		b.ResetTimer()
+		cpu0, wall0 := transcodetest.CPUTime(), time.Now()
+		for i := 0; i < b.N; i++ {
+			lat = append(lat, transcodeOffline(b, cfg, aus, pts)...)
+		}
+		cpu, wall := transcodetest.CPUTime()-cpu0, time.Since(wall0)
+		b.StopTimer()
+		slices.Sort(lat)
+		coreS := cpu.Seconds() / (content * float64(b.N))
+		b.ReportMetric(coreS, "core-s/content-s")
+		b.ReportMetric(content*float64(b.N)/wall.Seconds(), "x-realtime")
+		b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "ms-p50")
+		b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "ms-p99")
+		if ff := ffmpegLadder(b, mkv, size, cfg); ff > 0 {
+			b.ReportMetric(ff/content, "ffmpeg-core-s/content-s")
+			b.ReportMetric(coreS/(ff/content), "ratio-vs-ffmpeg")
+		}
+	})
 }
 
 // transcodeOffline decodes aus once and encodes every rung; it returns
 // each frame's transcoding time.
 func transcodeOffline(b *testing.B, cfg Config, aus [][]byte, pts []int64) []time.Duration {
-	dec, err := av.NewDecoder()
+	dec, err := av.NewDecoder("H264")
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer dec.Close()
-	p := &Pipeline{cfg: cfg, stream: "bench", m: NewMetrics(prometheus.NewRegistry()), dec: dec,
+	p := &Pipeline{cfg: cfg, stream: "bench", codec: "H264", m: NewMetrics(prometheus.NewRegistry()), dec: dec,
 		clock: ladder.NewKeyClock(int64(cfg.KeyframeInterval.Seconds() * 90000)),
 		log:   slog.New(slog.NewTextHandler(io.Discard, nil))}
 	p.framesIn, p.decodeErrors = p.m.framesIn.WithLabelValues("bench"), p.m.decodeErrors.WithLabelValues("bench")
+	p.crew = newCrew(crewHelpers(), len(cfg.Ladder)+1)
+	defer p.crew.close()
 	defer p.closeRungs()
 	var lat []time.Duration
 	for i, au := range aus {
@@ -95,9 +91,8 @@ func transcodeOffline(b *testing.B, cfg Config, aus [][]byte, pts []int64) []tim
 	return lat
 }
 
-// ffmpegLadder runs the same ladder with the ffmpeg CLI (one decode,
-// split, scale, libx264 with our settings, outputs discarded) and returns
-// its CPU seconds, or 0 if it cannot run.
+// ffmpegLadder runs the same ladder with the ffmpeg CLI and returns its
+// CPU seconds, or 0 if it cannot run.
 func ffmpegLadder(b *testing.B, mkv, size string, cfg Config) float64 {
 	w, h, _ := strings.Cut(size, "x")
 	sw, _ := strconv.Atoi(w)
@@ -106,26 +101,10 @@ func ffmpegLadder(b *testing.B, mkv, size string, cfg Config) float64 {
 	if err != nil {
 		b.Fatal(err)
 	}
-	rungs := plan[1:]
-	var filter strings.Builder
-	fmt.Fprintf(&filter, "[0:v]split=%d", len(rungs))
-	for i := range rungs {
-		fmt.Fprintf(&filter, "[s%d]", i)
-	}
-	args := []string{"-v", "error", "-i", mkv}
-	for i, r := range rungs {
-		fmt.Fprintf(&filter, ";[s%d]scale=%d:%d:flags=bilinear[o%d]", i, r.Width, r.Height, i)
-	}
-	args = append(args, "-filter_complex", filter.String())
-	for i, r := range rungs {
-		args = append(args, "-map", fmt.Sprintf("[o%d]", i), "-c:v", "libx264", "-preset", cfg.Preset, "-tune", "zerolatency",
-			"-profile:v", "baseline", "-bf", "0", "-b:v", strconv.Itoa(r.Bitrate), "-maxrate", strconv.Itoa(r.Bitrate),
-			"-bufsize", strconv.Itoa(r.Bitrate/30), "-g", "30", "-f", "null", "-")
-	}
-	cmd := exec.Command("ffmpeg", args...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		b.Logf("ffmpeg CLI comparison skipped: %v\n%s", err, out)
+	cpu, err := transcodetest.FFmpegLadder(mkv, plan[1:], cfg.Preset)
+	if err != nil {
+		b.Logf("ffmpeg CLI comparison skipped: %v", err)
 		return 0
 	}
-	return (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
+	return cpu.Seconds()
 }

@@ -1,10 +1,14 @@
 package transcode
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math"
+	"os"
+	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,7 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cascade-cdn/cascade/media"
-	"github.com/cascade-cdn/cascade/media/h264"
 	"github.com/cascade-cdn/cascade/transcode/av"
 	"github.com/cascade-cdn/cascade/transcode/ladder"
 )
@@ -78,19 +81,25 @@ type Pipeline struct {
 	wg                     sync.WaitGroup
 
 	// Owned by the pipeline goroutine.
-	asm     h264.Assembler
+	codec   string // the source's: "H264" or "H265"
+	asm     assembler
 	unwrap  ladder.Unwrapper
 	dec     *av.Decoder
 	clock   *ladder.KeyClock
 	rungs   []*rung
+	// scaleOrder is rungs from the largest down, each after its parent.
+	scaleOrder []*rung
+	queued     []*rung // scratch for frame
+	crew       *crew   // nil: every rung encodes on the pipeline goroutine
 	srcW    int
 	srcH    int
 	errs    uint64
 	arrival time.Time // of the access unit being decoded
 
 	// The "source" rendition: passed through while safe, else re-encoded.
+	// H.265 is always re-encoded: WebRTC viewers get H.264.
 	sourceHub *media.Hub
-	gate      *gate
+	gate      *gate // nil for H.265
 	reencode  *rung // the source-size encoder, once the source proved unsafe
 	maxPTS    int64 // highest source timestamp so far, to notice reordering
 	lastKey   int64 // unwrapped timestamp of the last source keyframe
@@ -101,6 +110,25 @@ type Pipeline struct {
 	busy        time.Duration // work in the window
 	// reencoding is read by viewers' keyframe requests on the source hub.
 	reencoding atomic.Bool
+	// Running totals for Stats, written by the pipeline goroutine.
+	totalFrames atomic.Uint64
+	totalBusy   atomic.Int64 // nanoseconds
+}
+
+// Stats are a pipeline's running totals since Start.
+type Stats struct {
+	// Frames is the number of source frames transcoded: decoded, and
+	// encoded into every rung that did not shed it.
+	Frames uint64
+	// Busy is the time the pipeline spent decoding, scaling and encoding:
+	// content time over Busy is how much faster than real time the stream
+	// is transcoded (the realtime-factor metric, over the whole run).
+	Busy time.Duration
+}
+
+// Stats returns the running totals. Safe for concurrent use.
+func (p *Pipeline) Stats() Stats {
+	return Stats{Frames: p.totalFrames.Load(), Busy: time.Duration(p.totalBusy.Load())}
 }
 
 type rung struct {
@@ -110,17 +138,33 @@ type rung struct {
 	src   *media.Source
 	pay   codecs.H264Payloader
 	seq   uint16
+	// parent is the larger rung this one scales from; nil: the source.
+	parent *rung
+	index  int // in Pipeline.rungs: shedding goes from the top
 
-	arrival time.Time // of the source frame being encoded, for latency
+	// The frame being encoded, set by the pipeline goroutine before the
+	// rung is queued and read back after the crew is done with it.
+	pic     *av.Frame // scaled picture, valid during the frame
+	key     bool
+	arrival time.Time     // of the source frame, for latency
+	scaled  time.Duration // time spent scaling, for the encode-time metric
+	err     error
 
 	framesOut, dropped, keyframes, bytesOut prometheus.Counter
 	encodeTime, latency                     prometheus.Observer
 }
 
-// Start subscribes to src (a video hub carrying H.264) and transcodes it
-// until src ends or Close is called.
+// Start subscribes to src, a video hub carrying H.264 (RFC 6184) or H.265
+// (RFC 7798) as its Config().Codec says, and transcodes it until src ends
+// or Close is called. An H.265 source rendition is always re-encoded to
+// H.264 at source size, never passed through.
 func Start(cfg Config, stream string, src *media.Hub, lis Listener, m *Metrics, log *slog.Logger) (*Pipeline, error) {
-	dec, err := av.NewDecoder()
+	codec := src.Config().Codec
+	asm, err := newAssembler(codec)
+	if err != nil {
+		return nil, err
+	}
+	dec, err := av.NewDecoder(codec)
 	if err != nil {
 		return nil, err
 	}
@@ -130,14 +174,16 @@ func Start(cfg Config, stream string, src *media.Hub, lis Listener, m *Metrics, 
 		return nil, errors.New("transcode: source hub is closed")
 	}
 	p := &Pipeline{
-		cfg: cfg, stream: stream, src: src, sub: sub, lis: lis, dec: dec, done: make(chan struct{}), m: m,
+		cfg: cfg, stream: stream, src: src, sub: sub, lis: lis, dec: dec, done: make(chan struct{}), m: m, codec: codec, asm: asm,
 		framesIn: m.framesIn.WithLabelValues(stream), decodeErrors: m.decodeErrors.WithLabelValues(stream),
 		clock:     ladder.NewKeyClock(int64(cfg.KeyframeInterval.Seconds() * 90000)),
 		log:       log.With("component", "transcode"),
 		sourceHub: media.NewHub(media.DefaultHubConfig(media.Video, "H264", 90000)),
 		maxPTS:    math.MinInt64,
 	}
-	if p.gate = newGate(src, p.sourceHub); p.gate == nil {
+	if codec == "H265" {
+		p.unsafe("h265") // re-encoded from the first decoded frame on
+	} else if p.gate = newGate(src, p.sourceHub); p.gate == nil {
 		sub.Close()
 		dec.Close()
 		return nil, errors.New("transcode: source hub is closed")
@@ -151,6 +197,9 @@ func Start(cfg Config, stream string, src *media.Hub, lis Listener, m *Metrics, 
 			src.RequestKeyframe()
 		}
 	})
+	if !serial {
+		p.crew = newCrew(crewHelpers(), len(cfg.Ladder)+1)
+	}
 	// Viewers of "source" use the gate's hub from the start, so that a
 	// later switch to a re-encode reaches all of them.
 	p.publishLadder()
@@ -175,17 +224,17 @@ func (p *Pipeline) run() {
 		for _, e := range batch {
 			pk := e.Packet
 			if e.Resync {
-				p.asm = h264.Assembler{} // the hub skipped packets: start clean
+				p.asm, _ = newAssembler(p.codec) // the hub skipped packets: start clean
 			}
-			au := p.asm.Push(pk.SequenceNumber, pk.Timestamp, pk.Marker, pk.Payload)
-			if au == nil || len(au.Data) == 0 {
+			au, ts, key := p.asm.push(pk)
+			if len(au) == 0 {
 				continue
 			}
 			p.arrival = pk.Arrival
-			pts := p.unwrap.Unwrap(au.Timestamp)
-			p.checkSource(pts, au.Keyframe)
+			pts := p.unwrap.Unwrap(ts)
+			p.checkSource(pts, key)
 			start := time.Now()
-			err := p.dec.Decode(au.Data, pts, p.frame)
+			err := p.dec.Decode(au, pts, p.frame)
 			p.measure(pts, time.Since(start))
 			if err != nil {
 				p.errs++
@@ -200,7 +249,10 @@ func (p *Pipeline) run() {
 	}
 }
 
-// frame encodes one decoded source frame into every rung.
+// frame encodes one decoded source frame into every rung. Each rung's
+// picture is scaled from the next larger rung's (cascade scaling: the
+// scalers read far fewer pixels than four reads of the source), on this
+// goroutine, and its encode is queued to the crew at once.
 func (p *Pipeline) frame(f *av.Frame) error {
 	if f.Width() != p.srcW || f.Height() != p.srcH {
 		if err := p.rebuild(f.Width(), f.Height()); err != nil {
@@ -208,46 +260,72 @@ func (p *Pipeline) frame(f *av.Frame) error {
 		}
 	}
 	p.framesIn.Inc()
+	defer p.totalFrames.Add(1)
 	if p.unsafeWhy != "" && p.reencode == nil {
 		p.startReencode()
 	}
 	key := p.clock.Keyframe(f.PTS())
-	if p.reencode != nil { // the source rung always flows
-		if err := p.reencode.encode(f, key, p.arrival); err != nil {
-			return err
+	queued := p.queued[:0]
+	queue := func(r *rung, pic *av.Frame, scaled time.Duration) {
+		r.pic, r.key, r.arrival, r.scaled, r.err = pic, key, p.arrival, scaled, nil
+		queued = append(queued, r)
+		if p.crew != nil {
+			p.crew.submit(r)
+		} else {
+			r.run()
 		}
 	}
+	if p.reencode != nil { // the source rung always flows
+		start := time.Now()
+		pic, err := p.reencode.scale.Scale(f)
+		if err != nil {
+			return err
+		}
+		queue(p.reencode, pic, time.Since(start))
+	}
 	shed := p.shed(key)
-	for i, r := range p.rungs {
-		if i < shed {
+	var err error
+	for _, r := range p.scaleOrder {
+		// A shed rung is still scaled: the rungs below scale from it.
+		start := time.Now()
+		from := f
+		if r.parent != nil {
+			from = r.parent.pic
+		}
+		if r.pic, err = r.scale.Scale(from); err != nil {
+			break
+		}
+		if r.index < shed {
 			r.dropped.Inc()
 			continue
 		}
-		if err := r.encode(f, key, p.arrival); err != nil {
-			return err
-		}
+		queue(r, r.pic, time.Since(start))
 	}
-	return nil
+	if p.crew != nil {
+		p.crew.finish()
+	}
+	for _, r := range queued {
+		err = cmp.Or(err, r.err)
+		r.pic = nil
+	}
+	for _, r := range p.scaleOrder {
+		r.pic = nil
+	}
+	p.queued = queued
+	return err
 }
 
-// encode scales and encodes one source frame that arrived at arrival.
-func (r *rung) encode(f *av.Frame, key bool, arrival time.Time) error {
+// run encodes the rung's queued picture.
+func (r *rung) run() {
 	start := time.Now()
-	r.arrival = arrival
-	sf, err := r.scale.Scale(f)
-	if err != nil {
-		return err
-	}
-	if err := r.enc.Encode(sf, key, r.publish); err != nil {
-		return err
-	}
-	r.encodeTime.Observe(time.Since(start).Seconds())
-	return nil
+	r.err = r.enc.Encode(r.pic, r.key, r.publish)
+	r.encodeTime.Observe((r.scaled + time.Since(start)).Seconds())
 }
 
 // measure keeps the realtime factor: content time covered per second of
 // work (decoding and every rung), reported every 2 s of content.
 func (p *Pipeline) measure(pts int64, work time.Duration) {
+	p.totalBusy.Add(int64(work))
 	p.busy += work
 	if p.windowStart == 0 || pts < p.windowStart {
 		p.windowStart, p.busy = pts, work
@@ -306,7 +384,9 @@ func (p *Pipeline) startReencode() {
 		p.log.Error("cannot re-encode the source; passing it through", "err", err)
 		return
 	}
-	p.gate.shut()
+	if p.gate != nil {
+		p.gate.shut()
+	}
 	p.reencoding.Store(true)
 	p.reencode = &rung{
 		out:   Output{Rung: ladder.Rung{Name: "source", Width: p.srcW, Height: p.srcH, Bitrate: bitrate}, Hub: p.sourceHub},
@@ -323,7 +403,7 @@ func (p *Pipeline) publishLadder() {
 	if p.lis == nil {
 		return
 	}
-	src := Output{Rung: ladder.Rung{Name: "source", Width: p.srcW, Height: p.srcH, Passthrough: true}, Hub: p.sourceHub}
+	src := Output{Rung: ladder.Rung{Name: "source", Width: p.srcW, Height: p.srcH, Passthrough: p.gate != nil}, Hub: p.sourceHub}
 	if p.reencode != nil {
 		src = p.reencode.out
 	}
@@ -335,7 +415,7 @@ func (p *Pipeline) publishLadder() {
 }
 
 func (p *Pipeline) newEncoder(w, h, bitrate int) (*av.Encoder, error) {
-	ec := av.EncoderConfig{Name: p.cfg.Encoder, Width: w, Height: h, Bitrate: bitrate, FPS: 30, Preset: p.cfg.Preset}
+	ec := av.EncoderConfig{Name: p.cfg.Encoder, Width: w, Height: h, Bitrate: bitrate, FPS: 30, Preset: p.cfg.Preset, Threads: encoderThreads}
 	enc, err := av.NewEncoder(ec)
 	if err != nil && ec.Name != "libx264" {
 		// A hardware encoder named in the config but absent here.
@@ -352,6 +432,13 @@ func (r *rung) bindMetrics(m *Metrics, stream string) {
 	r.keyframes, r.bytesOut = m.keyframes.WithLabelValues(stream, name), m.bytesOut.WithLabelValues(stream, name)
 	r.encodeTime, r.latency = m.encodeTime.WithLabelValues(name), m.latency.WithLabelValues(name)
 }
+
+// Experiment switches (temporary).
+var (
+	scaleFromSource   = os.Getenv("XP_DIRECT") != ""
+	serial            = os.Getenv("XP_SERIAL") != ""
+	encoderThreads, _ = strconv.Atoi(cmp.Or(os.Getenv("XP_THREADS"), "1"))
+)
 
 // overloadLag is how far behind real time a frame may be before rungs
 // start skipping frames: one more rung per further overloadLag of lag.
@@ -399,7 +486,7 @@ func (r *rung) publish(pk av.Packet) error {
 // the publisher changes resolution mid-stream (an OBS canvas change).
 func (p *Pipeline) rebuild(w, h int) error {
 	p.closeRungs()
-	plan, err := ladder.Plan(p.cfg.Ladder, ladder.Source{Codec: "H264", Width: w, Height: h})
+	plan, err := ladder.Plan(p.cfg.Ladder, ladder.Source{Codec: p.codec, Width: w, Height: h})
 	if err != nil {
 		return err
 	}
@@ -413,10 +500,11 @@ func (p *Pipeline) rebuild(w, h int) error {
 		// Viewers' keyframe requests on a rung move the shared clock, so
 		// every rung's next IDR comes early and stays aligned.
 		hub.SetKeyframeRequester(p.clock.Force)
-		r := &rung{out: Output{Rung: pr, Hub: hub}, scale: av.NewScaler(pr.Width, pr.Height), enc: enc, src: hub.NewSource()}
+		r := &rung{out: Output{Rung: pr, Hub: hub}, scale: av.NewScaler(pr.Width, pr.Height), enc: enc, src: hub.NewSource(), index: len(p.rungs)}
 		r.bindMetrics(p.m, p.stream)
 		p.rungs = append(p.rungs, r)
 	}
+	p.planScaling()
 	wasReencoding := p.reencode != nil
 	p.closeReencode()
 	p.srcW, p.srcH = w, h
@@ -428,6 +516,40 @@ func (p *Pipeline) rebuild(w, h int) error {
 		p.publishLadder()
 	}
 	return nil
+}
+
+// planScaling orders the rungs from the largest down and gives each the
+// smallest larger rung to scale from (the source for the largest).
+func (p *Pipeline) planScaling() {
+	p.scaleOrder = slices.Clone(p.rungs)
+	slices.SortStableFunc(p.scaleOrder, func(a, b *rung) int {
+		return cmp.Compare(b.out.Rung.Height, a.out.Rung.Height)
+	})
+	for i, r := range p.scaleOrder {
+		r.parent = nil
+		if scaleFromSource {
+			continue
+		}
+		for j := i - 1; j >= 0; j-- {
+			if up := p.scaleOrder[j].out.Rung; up.Width >= r.out.Rung.Width && up.Height > r.out.Rung.Height {
+				r.parent = p.scaleOrder[j]
+				// The nearest larger rung keeps each step small; skip
+				// only one that is not larger in both directions.
+				break
+			}
+		}
+		if os.Getenv("XP_PARENT") == "int" {
+			h := r.out.Rung.Height
+			if p.srcH%h == 0 && p.srcH/h == 2 {
+				r.parent = nil
+			}
+			for j := i - 1; j >= 0; j-- {
+				if up := p.scaleOrder[j].out.Rung; up.Height == 2*h && up.Width >= r.out.Rung.Width {
+					r.parent = p.scaleOrder[j]
+				}
+			}
+		}
+	}
 }
 
 func (p *Pipeline) closeReencode() {
@@ -444,16 +566,21 @@ func (p *Pipeline) closeRungs() {
 		r.scale.Close()
 		r.out.Hub.Close()
 	}
-	p.rungs = nil
+	p.rungs, p.scaleOrder = nil, nil
 }
 
 func (p *Pipeline) teardown() {
+	if p.crew != nil {
+		p.crew.close()
+	}
 	p.closeRungs()
 	p.closeReencode()
 	if p.lis != nil {
 		p.lis.LadderChanged(nil)
 	}
-	p.gate.close()
+	if p.gate != nil {
+		p.gate.close()
+	}
 	p.sourceHub.Close()
 	p.sub.Close()
 	p.dec.Close()

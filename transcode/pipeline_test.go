@@ -2,6 +2,7 @@ package transcode
 
 import (
 	"bytes"
+	"cmp"
 	"io"
 	"log/slog"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bluenviron/gortsplib/v5/pkg/format/rtph265"
 	"github.com/pion/rtp/codecs"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/cascade-cdn/cascade/media"
 	"github.com/cascade-cdn/cascade/media/h264"
+	"github.com/cascade-cdn/cascade/media/h265"
 	"github.com/cascade-cdn/cascade/transcode/av"
 	"github.com/cascade-cdn/cascade/transcode/transcodetest"
 )
@@ -60,8 +63,19 @@ func runPipeline(t *testing.T, lag time.Duration) (reads []*rungRead, m *Metrics
 }
 
 func runPipelineWith(t *testing.T, cfg Config, lag time.Duration) (reads []*rungRead, m *Metrics, aus [][]byte, pts []int64) {
-	aus, pts = transcodetest.Source(t, "3", "baseline")
-	src := media.NewHub(media.DefaultHubConfig(media.Video, "H264", 90000))
+	reads, m, aus, pts = runPipelineClip(t, cfg, lag, transcodetest.Clip{Seconds: "3", Size: "1280x720", Profile: "baseline"})
+	if len(reads) != 3 {
+		t.Fatalf("720p source gave %d rungs, want 480p, 360p, 240p", len(reads))
+	}
+	return reads, m, aus, pts
+}
+
+// runPipelineClip publishes clip into a hub of its codec and reads every
+// rung, the source rendition first when it is re-encoded.
+func runPipelineClip(t *testing.T, cfg Config, lag time.Duration, clip transcodetest.Clip) (reads []*rungRead, m *Metrics, aus [][]byte, pts []int64) {
+	codec := cmp.Or(clip.Codec, "H264")
+	aus, pts, _ = transcodetest.Make(t, clip)
+	src := media.NewHub(media.DefaultHubConfig(media.Video, codec, 90000))
 	defer src.Close()
 	lis := &ladderLog{seen: make(chan struct{})}
 	m = NewMetrics(prometheus.NewRegistry())
@@ -72,6 +86,9 @@ func runPipelineWith(t *testing.T, cfg Config, lag time.Duration) (reads []*rung
 	defer p.Close()
 
 	pub := newPublisher(src)
+	if codec == "H265" {
+		pub.pay = payH265(t)
+	}
 	pub.Lag = lag
 	drain := func() {
 		for _, r := range reads {
@@ -93,6 +110,9 @@ func runPipelineWith(t *testing.T, cfg Config, lag time.Duration) (reads []*rung
 			select {
 			case <-lis.seen:
 				lis.mu.Lock()
+				if !lis.source.Rung.Passthrough {
+					reads = append(reads, &rungRead{out: lis.source, sub: lis.source.Hub.Subscribe()})
+				}
 				for _, o := range lis.outs {
 					reads = append(reads, &rungRead{out: o, sub: o.Hub.Subscribe()})
 				}
@@ -107,9 +127,6 @@ func runPipelineWith(t *testing.T, cfg Config, lag time.Duration) (reads []*rung
 	for time.Now().Before(deadline) && (len(reads) == 0 || len(reads[len(reads)-1].aus) < len(aus)-15) {
 		time.Sleep(20 * time.Millisecond)
 		drain()
-	}
-	if len(reads) != 3 {
-		t.Fatalf("720p source gave %d rungs, want 480p, 360p, 240p", len(reads))
 	}
 	for _, r := range reads {
 		r.sub.Close()
@@ -142,27 +159,8 @@ func TestPipelineAlignedRungs(t *testing.T) {
 	if low := reads[len(reads)-1]; len(low.aus) < len(aus)-15 {
 		t.Fatalf("%s: %d access units for %d source frames", low.out.Rung.Name, len(low.aus), len(aus))
 	}
+	checkDecodes(t, reads)
 	for _, r := range reads {
-		dec, err := av.NewDecoder()
-		if err != nil {
-			t.Fatal(err)
-		}
-		frames := 0
-		for i, au := range r.aus {
-			if err := dec.Decode(au, int64(i), func(f *av.Frame) error {
-				if f.Width() != r.out.Rung.Width || f.Height() != r.out.Rung.Height {
-					t.Errorf("%s: frame %dx%d", r.out.Rung.Name, f.Width(), f.Height())
-				}
-				frames++
-				return nil
-			}); err != nil {
-				t.Fatalf("%s: %v", r.out.Rung.Name, err)
-			}
-		}
-		dec.Close()
-		if frames < len(r.aus)-1 {
-			t.Errorf("%s: %d frames from %d access units", r.out.Rung.Name, frames, len(r.aus))
-		}
 		if got := testutil.ToFloat64(m.keyframes.WithLabelValues("live", r.out.Rung.Name)); got != float64(len(r.keys)) {
 			t.Errorf("%s: %v keyframes counted, %d seen", r.out.Rung.Name, got, len(r.keys))
 		}
@@ -186,6 +184,33 @@ func TestPipelineAlignedRungs(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("rung keyframe timestamp %d is not a source timestamp", first)
+	}
+}
+
+// checkDecodes: every rung's output decodes as H.264 at its planned size.
+func checkDecodes(t *testing.T, reads []*rungRead) {
+	t.Helper()
+	for _, r := range reads {
+		dec, err := av.NewDecoder("H264")
+		if err != nil {
+			t.Fatal(err)
+		}
+		frames := 0
+		for i, au := range r.aus {
+			if err := dec.Decode(au, int64(i), func(f *av.Frame) error {
+				if f.Width() != r.out.Rung.Width || f.Height() != r.out.Rung.Height {
+					t.Errorf("%s: frame %dx%d", r.out.Rung.Name, f.Width(), f.Height())
+				}
+				frames++
+				return nil
+			}); err != nil {
+				t.Fatalf("%s: %v", r.out.Rung.Name, err)
+			}
+		}
+		dec.Close()
+		if frames < len(r.aus)-1 {
+			t.Errorf("%s: %d frames from %d access units", r.out.Rung.Name, frames, len(r.aus))
+		}
 	}
 }
 
@@ -435,14 +460,48 @@ func TestLongGOPAsksThenReencodes(t *testing.T) {
 
 // publisher sends a clip into a hub as RTP, paced like the live source.
 type publisher struct {
-	w   *media.Source
-	pay codecs.H264Payloader
+	w *media.Source
+	// pay packetizes one Annex-B access unit (H.264 by default) and says
+	// which payloads are keyframes.
+	pay func(au []byte) (payloads [][]byte, key []bool)
 	seq uint16
 	// Lag sets each packet's arrival that far in the past.
 	Lag time.Duration
 }
 
-func newPublisher(hub *media.Hub) *publisher { return &publisher{w: hub.NewSource()} }
+func newPublisher(hub *media.Hub) *publisher {
+	var pay codecs.H264Payloader
+	return &publisher{w: hub.NewSource(), pay: func(au []byte) ([][]byte, []bool) {
+		return pay.Payload(1200, au), nil // the hub finds H.264 keyframes
+	}}
+}
+
+// payH265 packetizes with gortsplib's RFC 7798 encoder, as an RTSP
+// publisher does, and marks keyframes itself.
+func payH265(t testing.TB) func(au []byte) ([][]byte, []bool) {
+	enc := &rtph265.Encoder{PayloadType: 96, PayloadMaxSize: 1200}
+	if err := enc.Init(); err != nil {
+		t.Fatal(err)
+	}
+	return func(au []byte) ([][]byte, []bool) {
+		var nals [][]byte
+		for _, n := range transcodetest.NALs(au) {
+			if len(n) >= 2 && h265.Type(n[0]) != h265.NALUAUD { // publishers leave delimiters out
+				nals = append(nals, n)
+			}
+		}
+		pkts, err := enc.Encode(nals)
+		if err != nil {
+			t.Error(err)
+			return nil, nil
+		}
+		payloads, keys := make([][]byte, len(pkts)), make([]bool, len(pkts))
+		for i, p := range pkts {
+			payloads[i], keys[i] = p.Payload, h265.IsKeyframe(p.Payload)
+		}
+		return payloads, keys
+	}
+}
 
 // send publishes aus at 30 fps with timestamps pts+offset, calling each
 // (if set) after every access unit.
@@ -451,14 +510,72 @@ func (p *publisher) send(aus [][]byte, pts []int64, offset int64, each func()) {
 	defer tick.Stop()
 	for i, au := range aus {
 		<-tick.C
-		payloads := p.pay.Payload(1200, au)
+		payloads, keys := p.pay(au)
 		for j, pl := range payloads {
 			p.w.Write(&media.Packet{SequenceNumber: p.seq, Timestamp: uint32(pts[i] + offset), Marker: j == len(payloads)-1,
-				Payload: pl, Arrival: time.Now().Add(-p.Lag)})
+				Payload: pl, Arrival: time.Now().Add(-p.Lag), Keyframe: keys != nil && keys[j]})
 			p.seq++
 		}
 		if each != nil {
 			each()
 		}
+	}
+}
+
+// TestPipelineH265 is an RTSP camera's stream: H.265 (RFC 7798, from
+// libx265 with B-frames) in a hub of codec "H265". The source rendition is
+// never the H.265 itself but a constrained-baseline H.264 re-encode at
+// source size, and it and every rung decode at their sizes with IDRs on
+// the same timestamps.
+func TestPipelineH265(t *testing.T) {
+	reads, m, aus, _ := runPipelineClip(t, DefaultConfig(), 0, transcodetest.Clip{Codec: "H265", Seconds: "3", Size: "1280x720"})
+	if len(reads) != 4 || reads[0].out.Rung.Name != "source" {
+		var names []string
+		for _, r := range reads {
+			names = append(names, r.out.Rung.Name)
+		}
+		t.Fatalf("H.265 720p source gave renditions %v, want a re-encoded source, 480p, 360p, 240p", names)
+	}
+	src := reads[0].out.Rung
+	if src.Passthrough || src.Width != 1280 || src.Height != 720 || src.Bitrate == 0 {
+		t.Fatalf("source rendition of an H.265 source: %+v", src)
+	}
+	checkAligned(t, reads)
+	checkDecodes(t, reads)
+	baseline := 0
+	for _, au := range reads[0].aus {
+		for _, n := range transcodetest.NALs(au) {
+			if n[0]&0x1f != h264.NALUSPS {
+				continue
+			}
+			s, err := h264.ParseSPS(n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.ProfileIDC != 66 || s.ConstraintSet&0x40 == 0 || s.Width != 1280 || s.Height != 720 {
+				t.Fatalf("source rendition SPS: profile %d constraints %#x %dx%d", s.ProfileIDC, s.ConstraintSet, s.Width, s.Height)
+			}
+			baseline++
+		}
+	}
+	if baseline < 2 {
+		t.Fatalf("source rendition carried %d SPS over 3 s, want one per IDR", baseline)
+	}
+	if low := reads[len(reads)-1]; len(low.aus) < len(aus)-15 {
+		t.Fatalf("%s: %d access units for %d source frames", low.out.Rung.Name, len(low.aus), len(aus))
+	}
+	if e := testutil.ToFloat64(m.decodeErrors.WithLabelValues("live")); e != 0 {
+		t.Errorf("%v decode errors on a clean H.265 stream", e)
+	}
+}
+
+// TestStartRejectsOtherCodecs: a hub of a codec the pipeline cannot
+// decode is refused up front.
+func TestStartRejectsOtherCodecs(t *testing.T) {
+	src := media.NewHub(media.DefaultHubConfig(media.Video, "VP8", 90000))
+	defer src.Close()
+	if p, err := Start(DefaultConfig(), "live", src, nil, NewMetrics(prometheus.NewRegistry()), slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil {
+		p.Close()
+		t.Fatal("a VP8 hub was accepted")
 	}
 }

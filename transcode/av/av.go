@@ -1,7 +1,7 @@
 // Package av is Cascade's only door to libavcodec, libswscale and libx264
 // (through github.com/asticode/go-astiav, which holds the cgo). It offers
-// three small things: an H.264 decoder, a scaler and an H.264 encoder tuned
-// for WebRTC, each owning its C memory and freed by Close.
+// three small things: an H.264 and H.265 decoder, a scaler and an H.264
+// encoder tuned for WebRTC, each owning its C memory and freed by Close.
 //
 // None of its types is safe for concurrent use: each belongs to one
 // transcoding goroutine.
@@ -10,6 +10,8 @@ package av
 import (
 	"errors"
 	"fmt"
+	"os"
+	"slices"
 	"strconv"
 
 	"github.com/asticode/go-astiav"
@@ -37,25 +39,53 @@ func (f *Frame) PTS() int64 { return f.f.Pts() }
 // Close frees the frame.
 func (f *Frame) Close() { f.f.Free() }
 
-// Decoder decodes H.264 access units.
+// AppendLuma appends the picture's luma plane, tightly packed (Width bytes
+// a row), to buf; it is for measuring quality, not for the ladder.
+func (f *Frame) AppendLuma(buf []byte) ([]byte, error) {
+	size, err := f.f.ImageBufferSize(1)
+	if err != nil {
+		return buf, fmt.Errorf("av: luma: %w", err)
+	}
+	n := len(buf)
+	buf = slices.Grow(buf, size)[:n+size]
+	if _, err := f.f.ImageCopyToBuffer(buf[n:], 1); err != nil {
+		return buf[:n], fmt.Errorf("av: luma: %w", err)
+	}
+	return buf[:n+f.Width()*f.Height()], nil
+}
+
+// Decoder decodes H.264 or H.265 access units.
 type Decoder struct {
 	cc  *astiav.CodecContext
 	pkt *astiav.Packet
 	out *Frame
 }
 
-// NewDecoder returns an H.264 decoder. It uses slice threads only: frame
-// threads would add a frame of delay per thread.
-func NewDecoder() (*Decoder, error) {
-	c := astiav.FindDecoder(astiav.CodecIDH264)
+// NewDecoder returns a decoder for codec, named as in RTP and media.Hub:
+// "H264" or "H265". It uses slice threads only: frame threads would add a
+// frame of delay per thread.
+func NewDecoder(codec string) (*Decoder, error) {
+	var id astiav.CodecID
+	switch codec {
+	case "H264":
+		id = astiav.CodecIDH264
+	case "H265":
+		id = astiav.CodecIDHevc
+	default:
+		return nil, fmt.Errorf("av: no decoder for codec %q", codec)
+	}
+	c := astiav.FindDecoder(id)
 	if c == nil {
-		return nil, errors.New("av: no H.264 decoder in libavcodec")
+		return nil, fmt.Errorf("av: no %s decoder in libavcodec", codec)
 	}
 	cc := astiav.AllocCodecContext(c)
 	if cc == nil {
 		return nil, errors.New("av: cannot allocate decoder")
 	}
 	cc.SetThreadType(astiav.ThreadTypeSlice)
+	if n, _ := strconv.Atoi(os.Getenv("XP_DEC_THREADS")); n > 0 {
+		cc.SetThreadCount(n)
+	}
 	cc.SetTimeBase(astiav.NewRational(1, 90000))
 	if err := cc.Open(c, nil); err != nil {
 		cc.Free()
@@ -107,31 +137,52 @@ type Scaler struct {
 	out           *Frame
 	width, height int
 	srcW, srcH    int
+	srcFormat     astiav.PixelFormat
+	flags         astiav.SoftwareScaleContextFlags
 }
 
 // NewScaler returns a scaler to width x height.
 func NewScaler(width, height int) *Scaler {
-	return &Scaler{width: width, height: height, out: &Frame{f: astiav.AllocFrame()}}
+	return &Scaler{width: width, height: height, flags: ladderScaleFlags(), out: &Frame{f: astiav.AllocFrame()}}
 }
 
-// Scale returns src at the scaler's size. The result is valid until the
-// next call. The scale context follows a change of source size.
+// NewReferenceScaler returns a scaler to width x height with a Lanczos
+// filter: slower, for the reference pictures of quality measurements.
+func NewReferenceScaler(width, height int) *Scaler {
+	return &Scaler{width: width, height: height, out: &Frame{f: astiav.AllocFrame()},
+		flags: astiav.NewSoftwareScaleContextFlags(astiav.SoftwareScaleContextFlagLanczos)}
+}
+
+// Scale returns src at the scaler's size: src itself when it already is
+// YUV 4:2:0 at that size (no copy), else a picture valid until the next
+// call. The scale context follows a change of source size or format.
 func (s *Scaler) Scale(src *Frame) (*Frame, error) {
-	if s.ssc == nil || src.Width() != s.srcW || src.Height() != s.srcH {
+	format := src.f.PixelFormat()
+	if src.Width() == s.width && src.Height() == s.height && format == astiav.PixelFormatYuv420P {
+		return src, nil
+	}
+	if s.ssc == nil || src.Width() != s.srcW || src.Height() != s.srcH || format != s.srcFormat {
+		s.out.f.Unref()
 		if s.ssc != nil {
 			s.ssc.Free()
 		}
 		var err error
-		s.ssc, err = astiav.CreateSoftwareScaleContext(src.Width(), src.Height(), src.f.PixelFormat(),
+		s.ssc, err = astiav.CreateSoftwareScaleContext(src.Width(), src.Height(), format,
 			s.width, s.height, astiav.PixelFormatYuv420P,
-			astiav.NewSoftwareScaleContextFlags(astiav.SoftwareScaleContextFlagBilinear))
+			s.flags)
 		if err != nil {
 			s.ssc = nil
 			return nil, fmt.Errorf("av: scaler: %w", err)
 		}
-		s.srcW, s.srcH = src.Width(), src.Height()
+		s.srcW, s.srcH, s.srcFormat = src.Width(), src.Height(), format
 	}
-	s.out.f.Unref()
+	// Reuse the last picture's memory unless someone still holds it.
+	// Fresh buffers for every frame cost more than scaling into them: the
+	// C allocator hands the memory back to the kernel between frames, and
+	// page faults on every write followed.
+	if !writable(s.out.f) || os.Getenv("XP_NOREUSE") != "" {
+		s.out.f.Unref()
+	}
 	if err := s.ssc.ScaleFrame(src.f, s.out.f); err != nil {
 		return nil, fmt.Errorf("av: scale: %w", err)
 	}
@@ -245,7 +296,14 @@ func (e *Encoder) Encode(f *Frame, keyframe bool, fn func(Packet) error) error {
 	} else {
 		e.frame.SetPictureType(astiav.PictureTypeNone)
 	}
-	if err := e.cc.SendFrame(e.frame); err != nil {
+	err := e.cc.SendFrame(e.frame)
+	// Let the picture go at once: an encoder that still needs it holds
+	// its own reference (libx264 has copied it), and the scaler that
+	// made it can then write the next picture into the same memory.
+	if os.Getenv("XP_NOREUSE") == "" {
+		e.frame.Unref()
+	}
+	if err != nil {
 		return fmt.Errorf("av: encode: %w", err)
 	}
 	for {
@@ -268,4 +326,16 @@ func (e *Encoder) Close() {
 	e.frame.Free()
 	e.pkt.Free()
 	e.cc.Free()
+}
+
+func ladderScaleFlags() astiav.SoftwareScaleContextFlags {
+	switch os.Getenv("XP_SWS") {
+	case "fast":
+		return astiav.NewSoftwareScaleContextFlags(astiav.SoftwareScaleContextFlagFastBilinear)
+	case "area":
+		return astiav.NewSoftwareScaleContextFlags(astiav.SoftwareScaleContextFlagArea)
+	case "bicubic":
+		return astiav.NewSoftwareScaleContextFlags(astiav.SoftwareScaleContextFlagBicubic)
+	}
+	return astiav.NewSoftwareScaleContextFlags(astiav.SoftwareScaleContextFlagBilinear)
 }

@@ -38,7 +38,7 @@ func TestLadderAlignedIDRs(t *testing.T) {
 		r.scale = NewScaler(r.w, r.h)
 		defer r.scale.Close()
 	}
-	dec, err := NewDecoder()
+	dec, err := NewDecoder("H264")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +137,7 @@ func checkBitstream(t *testing.T, r *rungOut) {
 			t.Fatalf("%s: IDR in AU %d without SPS/PPS before it", r.name, i)
 		}
 	}
-	dec, err := NewDecoder()
+	dec, err := NewDecoder("H264")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +160,7 @@ func checkBitstream(t *testing.T, r *rungOut) {
 }
 
 func TestDecoderSurvivesGarbage(t *testing.T) {
-	dec, err := NewDecoder()
+	dec, err := NewDecoder("H264")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +192,7 @@ func FuzzDecoder(f *testing.F) {
 	for _, au := range src[:3] {
 		f.Add(au)
 	}
-	dec, err := NewDecoder()
+	dec, err := NewDecoder("H264")
 	if err != nil {
 		f.Fatal(err)
 	}
