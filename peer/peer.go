@@ -1,7 +1,8 @@
 // Package peer builds the pion WebRTC plumbing that WHIP and WHEP sessions
 // share: one UDP port for every peer (ICE UDP mux), ICE-TCP on the same port
 // number, NAT 1:1 addresses, ICE timers, the codecs and interceptors of each
-// direction, and the SDP answer rules of the contract.
+// direction, each viewer's send-side bandwidth estimation (BWE), and the SDP
+// answer rules of the contract.
 package peer
 
 import (
@@ -17,6 +18,7 @@ import (
 	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
 	"github.com/pion/interceptor/pkg/report"
+	"github.com/pion/interceptor/pkg/twcc"
 	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v4"
 )
@@ -81,6 +83,14 @@ type Engine struct {
 	publisher *webrtc.API
 	viewer    *webrtc.API
 	log       *slog.Logger
+	lf        *slogFactory
+
+	// What NewViewer builds each viewer's API from: the API is per viewer
+	// so that its interceptor registry can hold that viewer's BWE.
+	viewerMedia    *webrtc.MediaEngine
+	viewerSettings webrtc.SettingEngine
+	reports        interceptor.Factory // sender reports
+	twccStamp      interceptor.Factory // transport-wide sequence numbers
 }
 
 // New opens the UDP (and TCP) port and builds the APIs.
@@ -88,8 +98,8 @@ func New(cfg Config, log *slog.Logger) (*Engine, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	e := &Engine{cfg: cfg, log: log.With("component", "webrtc")}
 	lf := LoggerFactory(log)
+	e := &Engine{cfg: cfg, log: log.With("component", "webrtc"), lf: lf}
 	if err := e.listen(lf); err != nil {
 		e.Close()
 		return nil, err
@@ -107,7 +117,28 @@ func New(cfg Config, log *slog.Logger) (*Engine, error) {
 		e.Close()
 		return nil, err
 	}
+	if err := e.viewerParts(public, lf); err != nil {
+		e.Close()
+		return nil, err
+	}
 	return e, nil
+}
+
+// viewerParts prepares what NewViewer assembles.
+func (e *Engine) viewerParts(public []string, lf *slogFactory) error {
+	e.viewerMedia = &webrtc.MediaEngine{}
+	if err := viewerMedia(e.viewerMedia); err != nil {
+		return fmt.Errorf("webrtc: codecs: %w", err)
+	}
+	e.viewerSettings = e.settings(public, lf)
+	var err error
+	if e.reports, err = report.NewSenderInterceptor(); err != nil {
+		return fmt.Errorf("webrtc: interceptors: %w", err)
+	}
+	if e.twccStamp, err = twcc.NewHeaderExtensionInterceptor(); err != nil {
+		return fmt.Errorf("webrtc: interceptors: %w", err)
+	}
+	return nil
 }
 
 func resolveHosts(hosts []string) ([]string, error) {
@@ -139,6 +170,13 @@ func (e *Engine) api(media func(*webrtc.MediaEngine) error, icp func(*webrtc.Med
 	if err := icp(m, ir); err != nil {
 		return nil, fmt.Errorf("webrtc: interceptors: %w", err)
 	}
+	se := e.settings(public, lf)
+	return webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithInterceptorRegistry(ir), webrtc.WithSettingEngine(se)), nil
+}
+
+// settings is the SettingEngine every peer shares: the muxes, timers and
+// address rules.
+func (e *Engine) settings(public []string, lf *slogFactory) webrtc.SettingEngine {
 	se := webrtc.SettingEngine{LoggerFactory: lf}
 	se.SetICEUDPMux(e.udpMux)
 	types := []webrtc.NetworkType{webrtc.NetworkTypeUDP4}
@@ -163,10 +201,21 @@ func (e *Engine) api(media func(*webrtc.MediaEngine) error, icp func(*webrtc.Med
 	if len(public) > 0 {
 		se.SetNAT1To1IPs(public, webrtc.ICECandidateTypeHost)
 	}
-	return webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithInterceptorRegistry(ir), webrtc.WithSettingEngine(se)), nil
+	return se
 }
 
 var videoFeedback = []webrtc.RTCPFeedback{{Type: "nack"}, {Type: "nack", Parameter: "pli"}, {Type: "ccm", Parameter: "fir"}}
+
+// Viewers are also asked for transport-wide congestion control feedback
+// (draft-holmer-rmcat-transport-wide-cc-extensions-01, section 4): a
+// browser sends it only when the answer has both this feedback type and
+// the header extension. Publishers get it from pion's defaults
+// (webrtc.ConfigureTWCCSender).
+var (
+	transportCC         = webrtc.RTCPFeedback{Type: webrtc.TypeRTCPFBTransportCC}
+	viewerVideoFeedback = []webrtc.RTCPFeedback{videoFeedback[0], videoFeedback[1], videoFeedback[2], transportCC}
+	viewerAudioFeedback = []webrtc.RTCPFeedback{transportCC}
+)
 
 func opus() webrtc.RTPCodecParameters {
 	return webrtc.RTPCodecParameters{
@@ -195,11 +244,31 @@ func publisherMedia(m *webrtc.MediaEngine) error {
 	return m.RegisterCodec(opus(), webrtc.RTPCodecTypeAudio)
 }
 
+func viewerH264() webrtc.RTPCodecParameters {
+	c := h264(ViewerH264Profile, 102)
+	c.RTCPFeedback = viewerVideoFeedback
+	return c
+}
+
+func viewerOpus() webrtc.RTPCodecParameters {
+	c := opus()
+	c.RTCPFeedback = viewerAudioFeedback
+	return c
+}
+
 func viewerMedia(m *webrtc.MediaEngine) error {
-	if err := m.RegisterCodec(h264(ViewerH264Profile, 102), webrtc.RTPCodecTypeVideo); err != nil {
+	if err := m.RegisterCodec(viewerH264(), webrtc.RTPCodecTypeVideo); err != nil {
 		return err
 	}
-	return m.RegisterCodec(opus(), webrtc.RTPCodecTypeAudio)
+	if err := m.RegisterCodec(viewerOpus(), webrtc.RTPCodecTypeAudio); err != nil {
+		return err
+	}
+	for _, kind := range []webrtc.RTPCodecType{webrtc.RTPCodecTypeVideo, webrtc.RTPCodecTypeAudio} {
+		if err := m.RegisterHeaderExtension(webrtc.RTPHeaderExtensionCapability{URI: sdp.TransportCCURI}, kind); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // publisherInterceptors: NACK generation toward the publisher, receiver
@@ -210,7 +279,8 @@ func publisherInterceptors(m *webrtc.MediaEngine, ir *interceptor.Registry) erro
 
 // viewerInterceptors: sender reports only. NACKs are answered by the
 // session from the track's shared retransmission buffer, not by pion's
-// responder, which keeps 1024 packets per viewer track.
+// responder, which keeps 1024 packets per viewer track. NewViewer adds the
+// transport-wide sequence numbers and the BWE to these.
 func viewerInterceptors(_ *webrtc.MediaEngine, ir *interceptor.Registry) error {
 	sr, err := report.NewSenderInterceptor()
 	if err != nil {
@@ -223,8 +293,39 @@ func viewerInterceptors(_ *webrtc.MediaEngine, ir *interceptor.Registry) error {
 // Publisher is the API for WHIP sessions.
 func (e *Engine) Publisher() *webrtc.API { return e.publisher }
 
-// Viewer is the API for WHEP sessions.
+// Viewer is an API for WHEP sessions without bandwidth estimation: its
+// peers negotiate transport-cc like NewViewer's, but stamp no sequence
+// numbers, so viewers have nothing to send feedback about. Prefer
+// NewViewer.
 func (e *Engine) Viewer() *webrtc.API { return e.viewer }
+
+// NewViewer returns a PeerConnection for a WHEP session and its BWE.
+//
+// Its interceptors are, in the order a packet meets them: pion's TWCC
+// header extension (the transport-wide sequence number), the BWE (records
+// the packet, then pion's GCC), and sender reports. pion's NACK responder
+// and generator stay out, as in Viewer. GCC adds two goroutines per
+// PeerConnection; closing the PeerConnection ends them.
+//
+// The session must keep reading each RTPSender's RTCP: the BWE sees the
+// viewer's feedback only as it is read.
+func (e *Engine) NewViewer() (*webrtc.PeerConnection, *BWE, error) {
+	b, err := newBWE(e.lf)
+	if err != nil {
+		return nil, nil, err
+	}
+	ir := &interceptor.Registry{}
+	ir.Add(e.reports)
+	ir.Add(&bweFactory{b: b})
+	ir.Add(e.twccStamp) // added last: it wraps the others, so it stamps first
+	api := webrtc.NewAPI(webrtc.WithMediaEngine(e.viewerMedia), webrtc.WithInterceptorRegistry(ir), webrtc.WithSettingEngine(e.viewerSettings))
+	pc, err := api.NewPeerConnection(webrtc.Configuration{})
+	if err != nil {
+		b.Close() // pion does not close the interceptors of a PeerConnection it failed to make
+		return nil, nil, fmt.Errorf("webrtc: new viewer: %w", err)
+	}
+	return pc, b, nil
+}
 
 // Config returns the engine's configuration.
 func (e *Engine) Config() Config { return e.cfg }
@@ -432,7 +533,7 @@ func contains(list []string, s string) bool {
 }
 
 // ViewerH264 is the video capability of viewer tracks.
-func ViewerH264() webrtc.RTPCodecCapability { return h264(ViewerH264Profile, 102).RTPCodecCapability }
+func ViewerH264() webrtc.RTPCodecCapability { return viewerH264().RTPCodecCapability }
 
 // ViewerOpus is the audio capability of viewer tracks.
-func ViewerOpus() webrtc.RTPCodecCapability { return opus().RTPCodecCapability }
+func ViewerOpus() webrtc.RTPCodecCapability { return viewerOpus().RTPCodecCapability }

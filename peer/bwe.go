@@ -1,0 +1,519 @@
+package peer
+
+import (
+	"encoding/binary"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/interceptor"
+	"github.com/pion/interceptor/pkg/gcc"
+	"github.com/pion/logging"
+	"github.com/pion/rtcp"
+	"github.com/pion/rtp"
+	"github.com/pion/sdp/v3"
+)
+
+// GCC's bounds for a viewer. It starts at 1 Mbps, about the middle of the
+// ladder; the floor is below the lowest rung (300 kbps), so a link too slow
+// for any video can show as such; the ceiling caps GCC's climb on an idle
+// link (it rises 8 % a second while nothing queues).
+const (
+	bweStartBitrate = 1_000_000
+	bweMinBitrate   = 50_000
+	bweMaxBitrate   = 30_000_000
+)
+
+// ringSize is how many packets, by transport-wide sequence number, are
+// remembered for acknowledgement: 1 s at 10 Mbps, several times the
+// round trip plus feedback interval (50–250 ms in browsers) at any rate
+// Cascade sends. Feedback about a packet 1024 others have followed is not
+// counted: the tail of a joining viewer's burst of a large cached GOP
+// (up to 4 MiB, ~3 500 packets at ~10 a millisecond) may go uncounted.
+// 8 bytes each: 8 KiB per viewer.
+const (
+	ringSize = 1024
+	ringMask = ringSize - 1
+)
+
+// maxFeedbackStatuses bounds the packet statuses taken from one RTCP read.
+// A browser's feedback covers the 50–250 ms since its previous one, a few
+// hundred packets; a hostile peer could otherwise make one 1.4 kB datagram
+// of short "not received" runs cost GCC tens of thousands of map lookups.
+const maxFeedbackStatuses = 8192
+
+// A ring slot packs a sent packet into one word, so the writer records it
+// with one atomic store and feedback acknowledges it with one CAS:
+//
+//	bits  0–15  transport-wide sequence number
+//	bits 16–31  size in bytes (RTP header, payload and padding), capped at 65535
+//	bits 32–33  state: slotSent, then slotAcked once
+//	bits 34–63  send time, µs since the BWE started, modulo 2^30 (~18 minutes)
+const (
+	slotSent  = 1
+	slotAcked = 2
+	timeBits  = 30
+	timeMask  = 1<<timeBits - 1
+)
+
+// BWE is one viewer's send-side bandwidth estimation: pion's GCC fed by the
+// viewer's transport-wide congestion control feedback
+// (draft-holmer-rmcat-transport-wide-cc-extensions-01), and the count of
+// what that feedback acknowledged.
+//
+// GCC only estimates here: media is not paced to its target (the viewer's
+// writer and the ABR decide what is sent). A viewer that did not negotiate
+// the transport-cc extension gets no feedback: TargetBitrate stays 0 and
+// OnDelivered is never called.
+//
+// The BWE belongs to its PeerConnection, and closing the PeerConnection
+// closes it. Its methods are safe for concurrent use.
+type BWE struct {
+	gcc   *gcc.SendSideBWE
+	pass  *passPacer
+	start time.Time
+	ring  [ringSize]atomic.Uint64
+
+	delivered atomic.Pointer[func(now time.Time, bytes, packets int)]
+	fed       atomic.Bool // GCC has had feedback: its target means something
+
+	sentPackets, sentBytes           atomic.Uint64
+	deliveredPackets, deliveredBytes atomic.Uint64
+	feedbacks, rejected, gccErrors   atomic.Uint64
+	ackDelay                         atomic.Int64 // ns
+
+	// fbMu serializes feedback: the RTCP of each sender is read by its own
+	// goroutine, and TWCC feedback may come on any of them.
+	fbMu    sync.Mutex
+	scratch []rtcp.Packet
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// BWEStats is a BWE's state, for debugging.
+type BWEStats struct {
+	// TargetBitrate is GCC's target, bit/s; 0 until the first feedback.
+	TargetBitrate int
+	// SentPackets and SentBytes count the RTP packets written with a
+	// transport-wide sequence number (media, retransmissions and padding),
+	// header included.
+	SentPackets, SentBytes uint64
+	// DeliveredPackets and DeliveredBytes count those the viewer's feedback
+	// reported received.
+	DeliveredPackets, DeliveredBytes uint64
+	// Feedbacks counts TWCC feedback packets taken; Rejected those refused
+	// as malformed or over the per-read budget; GCCErrors those GCC refused.
+	Feedbacks, Rejected, GCCErrors uint64
+	// AckDelay is, at the last feedback, how long ago the newest packet it
+	// acknowledged was sent: about a round trip plus the feedback interval.
+	AckDelay time.Duration
+	// GCC is pion's own GetStats.
+	GCC map[string]any
+}
+
+// newBWE starts a GCC estimator (two goroutines, ended by Close).
+func newBWE(lf logging.LoggerFactory) (*BWE, error) {
+	if lf == nil {
+		lf = LoggerFactory(slog.New(slog.DiscardHandler))
+	}
+	pass := &passPacer{}
+	g, err := gcc.NewSendSideBWE(
+		gcc.SendSideBWEInitialBitrate(bweStartBitrate),
+		gcc.SendSideBWEMinBitrate(bweMinBitrate),
+		gcc.SendSideBWEMaxBitrate(bweMaxBitrate),
+		gcc.SendSideBWEPacer(pass),
+		gcc.WithLoggerFactory(lf),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("webrtc: bandwidth estimator: %w", err)
+	}
+	return &BWE{gcc: g, pass: pass, start: time.Now()}, nil
+}
+
+// TargetBitrate is GCC's current target in bit/s, or 0 while no transport
+// feedback has arrived (none yet, or the viewer did not negotiate it).
+func (b *BWE) TargetBitrate() int {
+	if !b.fed.Load() {
+		return 0
+	}
+	return b.gcc.GetTargetBitrate()
+}
+
+// OnDelivered sets fn to be told, at each TWCC feedback, how many bytes
+// (RTP header, payload and padding) and packets it newly reported received.
+// Each packet is counted once, however often feedback repeats it. Set it
+// before media flows; a later call replaces fn.
+//
+// fn is called on an RTCP reading goroutine of the PeerConnection, one call
+// at a time. It must not block: the viewer's NACKs and PLIs wait behind it.
+func (b *BWE) OnDelivered(fn func(now time.Time, bytes, packets int)) {
+	b.delivered.Store(&fn)
+}
+
+// Stats returns the BWE's counters and GCC's state.
+func (b *BWE) Stats() BWEStats {
+	return BWEStats{
+		TargetBitrate:    b.TargetBitrate(),
+		SentPackets:      b.sentPackets.Load(),
+		SentBytes:        b.sentBytes.Load(),
+		DeliveredPackets: b.deliveredPackets.Load(),
+		DeliveredBytes:   b.deliveredBytes.Load(),
+		Feedbacks:        b.feedbacks.Load(),
+		Rejected:         b.rejected.Load(),
+		GCCErrors:        b.gccErrors.Load(),
+		AckDelay:         time.Duration(b.ackDelay.Load()),
+		GCC:              b.gcc.GetStats(),
+	}
+}
+
+// Close stops GCC's goroutines. The PeerConnection's Close calls it;
+// idempotent.
+func (b *BWE) Close() error {
+	b.closeOnce.Do(func() { b.closeErr = b.gcc.Close() })
+	return b.closeErr
+}
+
+// micros is a time as the ring keeps it. A packet's is taken with
+// time.Since, which reads only the monotonic clock: time.Now reads two
+// clocks, and a clock read is ~70 ns on a KVM guest (kvm-clock).
+func micros(d time.Duration) uint64 { return uint64(d/time.Microsecond) & timeMask }
+
+// record remembers a packet leaving with transport-wide sequence number seq.
+func (b *BWE) record(seq uint16, size int) {
+	b.ring[seq&ringMask].Store(uint64(seq) | uint64(min(size, 0xffff))<<16 | slotSent<<32 | micros(time.Since(b.start))<<34)
+	b.sentPackets.Add(1)
+	b.sentBytes.Add(uint64(size))
+}
+
+// ack marks seq acknowledged, once, if it is the packet last sent with that
+// number; it returns the packet's size and send time.
+func (b *BWE) ack(seq uint16) (size int, sent uint64, ok bool) {
+	slot := &b.ring[seq&ringMask]
+	for {
+		v := slot.Load()
+		if uint16(v) != seq || v>>32&3 != slotSent {
+			return 0, 0, false // never sent, overwritten, or counted already
+		}
+		if slot.CompareAndSwap(v, v&^(3<<32)|slotAcked<<32) {
+			return int(v >> 16 & 0xffff), v >> 34, true
+		}
+	}
+}
+
+// readRTCP takes the TWCC feedback in one RTCP read (a packet or a
+// compound). It never fails: whatever it cannot use is left to the
+// session's own RTCP handling.
+func (b *BWE) readRTCP(now time.Time, buf []byte) {
+	budget := maxFeedbackStatuses
+	var fbs []*rtcp.TransportLayerCC
+	for len(buf) >= 4 {
+		n := (int(binary.BigEndian.Uint16(buf[2:4])) + 1) * 4
+		if n > len(buf) {
+			break
+		}
+		p := buf[:n]
+		buf = buf[n:]
+		if p[1] != byte(rtcp.TypeTransportSpecificFeedback) || p[0]&0x1f != rtcp.FormatTCC || n < 20 {
+			continue
+		}
+		statuses := int(binary.BigEndian.Uint16(p[14:16]))
+		if statuses > budget {
+			b.rejected.Add(1)
+			continue
+		}
+		fb := new(rtcp.TransportLayerCC)
+		if fb.Unmarshal(p) != nil {
+			b.rejected.Add(1)
+			continue
+		}
+		budget -= statuses
+		fbs = append(fbs, fb)
+	}
+	if len(fbs) > 0 {
+		b.onFeedback(now, fbs)
+	}
+}
+
+// onFeedback counts what fbs acknowledge, hands them to GCC, and reports
+// the newly delivered packets. The counting costs one step per chunk and
+// per received packet (each has a delta on the wire), so it is bounded by
+// the feedback's size; GCC's cost grows with the statuses declared, which
+// readRTCP keeps within maxFeedbackStatuses.
+func (b *BWE) onFeedback(now time.Time, fbs []*rtcp.TransportLayerCC) {
+	b.fbMu.Lock()
+	defer b.fbMu.Unlock()
+	nowUs := micros(now.Sub(b.start))
+	bytes, packets := 0, 0
+	newest, acked := uint64(0), false
+	b.scratch = b.scratch[:0]
+	for _, fb := range fbs {
+		if !wellFormed(fb) {
+			b.rejected.Add(1)
+			continue
+		}
+		b.feedbacks.Add(1)
+		b.scratch = append(b.scratch, fb)
+		forReceived(fb, func(seq uint16) {
+			size, sent, ok := b.ack(seq)
+			if !ok {
+				return
+			}
+			bytes += size
+			packets++
+			if age := (nowUs - sent) & timeMask; !acked || age < (nowUs-newest)&timeMask {
+				newest, acked = sent, true
+			}
+		})
+	}
+	if len(b.scratch) == 0 {
+		return
+	}
+	if err := b.gcc.WriteRTCP(b.scratch, nil); err != nil {
+		b.gccErrors.Add(1) // closed, or feedback it could not map: keep reading
+	} else {
+		b.fed.Store(true)
+	}
+	clear(b.scratch)
+	if packets == 0 {
+		return
+	}
+	b.deliveredPackets.Add(uint64(packets))
+	b.deliveredBytes.Add(uint64(bytes))
+	b.ackDelay.Store(int64((nowUs-newest)&timeMask) * int64(time.Microsecond))
+	if fn := b.delivered.Load(); fn != nil {
+		(*fn)(now, bytes, packets)
+	}
+}
+
+func received(symbol uint16) bool {
+	return symbol == rtcp.TypeTCCPacketReceivedSmallDelta || symbol == rtcp.TypeTCCPacketReceivedLargeDelta
+}
+
+// wellFormed checks what the draft's section 3.1 requires and pion's
+// parser guarantees for packets off the wire, but a struct need not: the
+// chunks cover the status count, and each received packet has its delta.
+// GCC indexes the deltas by the statuses without checking them all.
+func wellFormed(fb *rtcp.TransportLayerCC) bool {
+	remaining, withDelta := int(fb.PacketStatusCount), 0
+	for _, c := range fb.PacketChunks {
+		if remaining == 0 {
+			break
+		}
+		switch c := c.(type) {
+		case *rtcp.RunLengthChunk:
+			if c == nil {
+				return false
+			}
+			n := min(int(c.RunLength), remaining)
+			if received(c.PacketStatusSymbol) {
+				withDelta += n
+			}
+			remaining -= n
+		case *rtcp.StatusVectorChunk:
+			if c == nil {
+				return false
+			}
+			n := min(len(c.SymbolList), remaining)
+			for _, s := range c.SymbolList[:n] {
+				if received(s) {
+					withDelta++
+				}
+			}
+			remaining -= n
+		default:
+			return false
+		}
+	}
+	if remaining > 0 || withDelta != len(fb.RecvDeltas) {
+		return false
+	}
+	for _, d := range fb.RecvDeltas {
+		if d == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// forReceived calls fn with each sequence number fb reports received, in
+// order; fb must be wellFormed.
+func forReceived(fb *rtcp.TransportLayerCC, fn func(seq uint16)) {
+	seq, remaining := fb.BaseSequenceNumber, int(fb.PacketStatusCount)
+	for _, c := range fb.PacketChunks {
+		if remaining == 0 {
+			return
+		}
+		n := 0
+		switch c := c.(type) {
+		case *rtcp.RunLengthChunk:
+			n = min(int(c.RunLength), remaining)
+			if received(c.PacketStatusSymbol) {
+				for i := 0; i < n; i++ {
+					fn(seq + uint16(i))
+				}
+			}
+		case *rtcp.StatusVectorChunk:
+			n = min(len(c.SymbolList), remaining)
+			for i, s := range c.SymbolList[:n] {
+				if received(s) {
+					fn(seq + uint16(i))
+				}
+			}
+		}
+		seq += uint16(n)
+		remaining -= n
+	}
+}
+
+// bweInterceptor ties a BWE to the streams and RTCP of its PeerConnection.
+// It must sit inside pion's TWCC header-extension interceptor (registered
+// before it), so that every packet it sees has its sequence number.
+type bweInterceptor struct {
+	interceptor.NoOp
+	b *BWE
+}
+
+// bweFactory builds the one bweInterceptor of one PeerConnection: each
+// viewer gets a registry of its own, so no lookup by PeerConnection ID
+// (which pion makes from the clock, and is not unique) is needed.
+type bweFactory struct {
+	b    *BWE
+	used atomic.Bool
+}
+
+func (f *bweFactory) NewInterceptor(string) (interceptor.Interceptor, error) {
+	if f.used.Swap(true) {
+		return nil, fmt.Errorf("webrtc: a BWE serves one PeerConnection")
+	}
+	return &bweInterceptor{b: f.b}, nil
+}
+
+// twccExtID is the stream's transport-cc header extension ID, or 0.
+func twccExtID(info *interceptor.StreamInfo) uint8 {
+	for _, e := range info.RTPHeaderExtensions {
+		if e.URI == sdp.TransportCCURI && e.ID > 0 && e.ID < 256 {
+			return uint8(e.ID)
+		}
+	}
+	return 0
+}
+
+// attrPool lends GCC the Attributes it would otherwise allocate for every
+// packet written with nil ones (pion's writers pass nil). Nothing in the
+// viewer chain keeps them past the write.
+var attrPool = sync.Pool{New: func() any { return interceptor.Attributes{} }}
+
+// BindLocalStream records each packet's sequence number and size, then
+// passes it to GCC. A stream without the extension bypasses both: the
+// viewer sends no feedback that could acknowledge it.
+func (i *bweInterceptor) BindLocalStream(info *interceptor.StreamInfo, writer interceptor.RTPWriter) interceptor.RTPWriter {
+	id := twccExtID(info)
+	if id == 0 {
+		return writer
+	}
+	b := i.b
+	w := b.gcc.AddStream(info, writer)
+	return interceptor.RTPWriterFunc(func(h *rtp.Header, payload []byte, a interceptor.Attributes) (int, error) {
+		if ext := h.GetExtension(id); len(ext) >= 2 {
+			b.record(binary.BigEndian.Uint16(ext), h.MarshalSize()+len(payload)+int(h.PaddingSize))
+		}
+		if a != nil {
+			return w.Write(h, payload, a)
+		}
+		a = attrPool.Get().(interceptor.Attributes)
+		n, err := w.Write(h, payload, a)
+		clear(a)
+		attrPool.Put(a)
+		return n, err
+	})
+}
+
+// UnbindLocalStream forgets the stream's writer.
+func (i *bweInterceptor) UnbindLocalStream(info *interceptor.StreamInfo) {
+	if twccExtID(info) != 0 {
+		i.b.pass.remove(info.SSRC)
+	}
+}
+
+// BindRTCPReader takes the TWCC feedback out of the RTCP the session
+// reads. Its errors are never the reader's: one bad feedback must not end
+// the session's RTCP loop.
+func (i *bweInterceptor) BindRTCPReader(reader interceptor.RTCPReader) interceptor.RTCPReader {
+	return interceptor.RTCPReaderFunc(func(buf []byte, a interceptor.Attributes) (int, interceptor.Attributes, error) {
+		n, a, err := reader.Read(buf, a)
+		if err == nil && n <= len(buf) {
+			i.b.readRTCP(time.Now(), buf[:n])
+		}
+		return n, a, err
+	})
+}
+
+// Close closes the BWE with its PeerConnection.
+func (i *bweInterceptor) Close() error { return i.b.Close() }
+
+// passPacer is a gcc.Pacer that does not pace: GCC's target is an input
+// to the ABR, not a limit on the wire (gcc.NoOpPacer is the same, but holds
+// one mutex across every write of the PeerConnection, retransmissions and
+// media alike). It hands each packet to its stream's writer: a
+// copy-on-write list, read without a lock.
+type passPacer struct {
+	mu      sync.Mutex // serializes changes to streams
+	streams atomic.Pointer[[]pacedStream]
+}
+
+type pacedStream struct {
+	ssrc uint32
+	w    interceptor.RTPWriter
+}
+
+var _ gcc.Pacer = (*passPacer)(nil)
+
+// AddStream adds or replaces the writer of ssrc.
+func (p *passPacer) AddStream(ssrc uint32, w interceptor.RTPWriter) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.update(ssrc, w)
+}
+
+func (p *passPacer) remove(ssrc uint32) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.update(ssrc, nil)
+}
+
+// update copies the list without ssrc, then adds w if it is not nil.
+func (p *passPacer) update(ssrc uint32, w interceptor.RTPWriter) {
+	var next []pacedStream
+	if cur := p.streams.Load(); cur != nil {
+		for _, s := range *cur {
+			if s.ssrc != ssrc {
+				next = append(next, s)
+			}
+		}
+	}
+	if w != nil {
+		next = append(next, pacedStream{ssrc: ssrc, w: w})
+	}
+	p.streams.Store(&next)
+}
+
+// Write sends the packet on at once.
+func (p *passPacer) Write(h *rtp.Header, payload []byte, a interceptor.Attributes) (int, error) {
+	if cur := p.streams.Load(); cur != nil {
+		for _, s := range *cur {
+			if s.ssrc == h.SSRC {
+				return s.w.Write(h, payload, a)
+			}
+		}
+	}
+	return 0, fmt.Errorf("%w: %d", gcc.ErrUnknownStream, h.SSRC)
+}
+
+// SetTargetBitrate is GCC telling the pacer its target: ignored.
+func (p *passPacer) SetTargetBitrate(int) {}
+
+// Close implements gcc.Pacer.
+func (p *passPacer) Close() error { return nil }
