@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -76,6 +77,18 @@ type watchStats struct {
 		Codec   string  `json:"codec"`
 		Bitrate float64 `json:"bitrate"`
 	} `json:"audio"`
+	// From the session's WHEP extensions (Link headers) and its events.
+	Extensions []string `json:"extensions"`
+	Events     bool     `json:"events"`
+	Renditions []string `json:"renditions"`
+	Pinned     bool     `json:"pinned"`
+	Estimate   float64  `json:"estimate"`
+	LastSwitch *struct {
+		From   string `json:"from"`
+		To     string `json:"to"`
+		Reason string `json:"reason"`
+	} `json:"lastSwitch"`
+	VideoPaused bool `json:"videoPaused"`
 }
 
 // pageStatus is the #status element of either page.
@@ -505,6 +518,35 @@ func TestBrowserPublishAndWatch(t *testing.T) {
 	t.Logf("watching after %v: %d frames decoded, %dx%d %s, %.0f fps, %.0f kbit/s, state %s, %d reconnects",
 		time.Since(start).Round(time.Millisecond), ws.FramesDecoded, ws.Width, ws.Height, ws.Codec,
 		ws.FPS, ws.Bitrate/1000, ws.State, ws.Reconnects)
+
+	// 2b. Per-viewer ABR, once the node's WHEP sessions advertise the event
+	// stream: the overlay names the rung the server sends and the quality
+	// menu lists Auto and every rung. (web/abr_browser_test.go tests the
+	// page's side in detail against a fake session.)
+	if slices.Contains(ws.Extensions, "events") {
+		const abrJS = `(() => {
+			const q = document.getElementById('quality');
+			return {stats: window.cascadeStats, options: q && !document.getElementById('quality-field').hidden ? [...q.options].map((o) => o.value) : []};
+		})()`
+		type abrState struct {
+			Stats   watchStats `json:"stats"`
+			Options []string   `json:"options"`
+		}
+		layer := slices.Contains(ws.Extensions, "layer")
+		st, err := pollJS(wctx, abrJS, func(s abrState) (bool, error) {
+			ok := s.Stats.Events && s.Stats.Rendition != "" && len(s.Stats.Renditions) > 0
+			if layer {
+				ok = ok && slices.Equal(s.Options, append([]string{"auto"}, s.Stats.Renditions...))
+			}
+			return ok, nil
+		})
+		if err != nil {
+			fail("waiting for the ABR events on the watch page (last %+v): %v", st, err)
+		}
+		t.Logf("ABR: rendition %s of %v, quality menu %v", st.Stats.Rendition, st.Stats.Renditions, st.Options)
+	} else {
+		t.Logf("the WHEP session advertises no event stream (extensions %v): ABR checks skipped", ws.Extensions)
+	}
 
 	// 3. The API counts the one viewer of the published stream.
 	actx, cancel := context.WithDeadline(context.Background(), deadline)

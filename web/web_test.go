@@ -32,6 +32,7 @@ func TestRoutes(t *testing.T) {
 				`id="source-camera"`, `id="source-screen"`, `href="/watch/live"`, `data-stream="live"`, `/static/publish.js`}},
 		{name: "watch", path: "/watch/live", status: 200, ctype: "text/html",
 			contains: []string{`id="video"`, `id="stats"`, `id="status"`, `id="unmute"`, `autoplay`, `playsinline`, `muted`,
+				`id="quality-field" hidden`, `id="quality"`, `<option value="auto">Auto</option>`, `id="quality-note"`,
 				`data-stream="live"`, `/static/watch.js`}},
 		{name: "watch with query", path: "/watch/live?rendition=480p", status: 200, ctype: "text/html",
 			contains: []string{`id="video"`}},
@@ -50,7 +51,8 @@ func TestRoutes(t *testing.T) {
 		{name: "cascade.js", path: "/static/cascade.js", status: 200, ctype: "text/javascript",
 			contains: []string{"window.Cascade", "application/sdp"}},
 		{name: "watch.js", path: "/static/watch.js", status: 200, ctype: "text/javascript",
-			contains: []string{"window.cascadeStats"}},
+			contains: []string{"window.cascadeStats", "urn:ietf:params:whep:ext:core:server-sent-events",
+				"urn:ietf:params:whep:ext:core:layer", "new EventSource(", "'reconnect'"}},
 		{name: "publish.js", path: "/static/publish.js", status: 200, ctype: "text/javascript"},
 		{name: "index.js", path: "/static/index.js", status: 200, ctype: "text/javascript",
 			contains: []string{"/v1/streams"}},
@@ -148,6 +150,46 @@ func TestNoExternalResources(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// The player finds the WHEP extensions in the Link headers of the 201,
+// which fetch joins with ", " next to the ICE servers' (wish.Handler
+// writes them; its tests pin their form).
+func TestParseLinks(t *testing.T) {
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Skip("node not installed")
+	}
+	header := `<stun:stun.example.org:3478>; rel="ice-server", ` +
+		`<turn:turn.example.org>; rel="ice-server"; username="u"; credential="p, q"; credential-type="password", ` +
+		`</whep/live/0a1b/events>; rel="urn:ietf:params:whep:ext:core:server-sent-events"; events="layers,switch,estimate,video,reconnect", ` +
+		`</whep/live/0a1b/layer>; rel="urn:ietf:params:whep:ext:core:layer"`
+	script := "globalThis.window = globalThis;\n" + string(assets["cascade.js"].body) + `
+const C = window.Cascade;
+const links = C.parseLinks(process.argv[1]);
+const s = new C.Session('/whep/live');
+s.links = links;
+s.base = 'http://node.test:8080/whep/live';
+console.log(JSON.stringify({
+	n: links.length,
+	events: links[2].params.events,
+	sse: s.link('urn:ietf:params:whep:ext:core:server-sent-events'),
+	layer: s.link('urn:ietf:params:whep:ext:core:layer'),
+	none: s.link('urn:nope'),
+	ice: C.parseIceLinks(process.argv[1]),
+}));
+`
+	cmd := exec.Command(node, "-e", script, header)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	want := `{"n":4,"events":"layers,switch,estimate,video,reconnect",` +
+		`"sse":"http://node.test:8080/whep/live/0a1b/events","layer":"http://node.test:8080/whep/live/0a1b/layer","none":"",` +
+		`"ice":[{"urls":"stun:stun.example.org:3478"},{"urls":"turn:turn.example.org","username":"u","credential":"p, q"}]}`
+	if got := strings.TrimSpace(string(out)); got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
 	}
 }
 

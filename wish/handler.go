@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -72,23 +73,46 @@ type ICEServer struct {
 // Metrics counts WHIP/WHEP HTTP outcomes; one set is shared by both kinds.
 type Metrics struct {
 	failures *prometheus.CounterVec
+	// control counts the extension requests (event streams, layer
+	// selection) by outcome: "ok" or the refusal's Error.Metric.
+	control *prometheus.CounterVec
+	streams *prometheus.GaugeVec
 }
 
-// NewMetrics registers the setup-failure counter with reg.
+// NewMetrics registers the handler's counters with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
-	m := &Metrics{failures: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "cascade_session_setup_failures_total",
-		Help: "WHIP/WHEP requests refused, by protocol and reason.",
-	}, []string{"protocol", "reason"})}
-	reg.MustRegister(m.failures)
+	m := &Metrics{
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cascade_session_setup_failures_total",
+			Help: "WHIP/WHEP requests refused, by protocol and reason.",
+		}, []string{"protocol", "reason"}),
+		control: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cascade_session_control_requests_total",
+			Help: "Requests to a session's event stream and layer selection, by protocol, request (events, layer) and outcome (ok or the refusal's reason).",
+		}, []string{"protocol", "request", "outcome"}),
+		streams: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "cascade_session_event_streams",
+			Help: "Open server-sent event streams, by protocol.",
+		}, []string{"protocol"}),
+	}
+	reg.MustRegister(m.failures, m.control, m.streams)
 	return m
 }
 
 type entry struct {
 	s      Session
 	stream string
-	gen    int  // bumped at each ICE restart; part of the ETag
-	ended  bool // Ended was called, perhaps before the entry was listed
+	// done is closed when the resource goes away (DELETE, or the session
+	// ended), which ends its event streams.
+	done chan struct{}
+	// The fields below are guarded by Handler.mu.
+	gen     int  // bumped at each ICE restart; part of the ETag
+	ended   bool // Ended was called, perhaps before the entry was listed
+	gone    bool // done is closed
+	streams int  // open event streams
+	// layerWindow and layerCount rate-limit layer selection.
+	layerWindow time.Time
+	layerCount  int
 }
 
 // Handler serves one protocol's resources: /{kind}/{stream} and
@@ -100,17 +124,24 @@ type Handler struct {
 	log     *slog.Logger
 	metrics *Metrics
 
-	draining atomic.Bool
-	mu       sync.Mutex
-	sessions map[string]*entry
+	// heartbeat is the event streams' keep-alive interval (tests shorten it).
+	heartbeat time.Duration
+
+	draining  atomic.Bool
+	closing   chan struct{} // closed by Close: ends every event stream
+	closeOnce sync.Once
+	mu        sync.Mutex
+	sessions  map[string]*entry
 }
 
 // New returns a handler for kind ("whip" or "whep").
 func New(kind string, ep Endpoint, ice []ICEServer, m *Metrics, log *slog.Logger) *Handler {
 	return &Handler{
 		kind: kind, ep: ep, ice: ice, metrics: m,
-		log:      log.With("component", kind),
-		sessions: map[string]*entry{},
+		log:       log.With("component", kind),
+		sessions:  map[string]*entry{},
+		heartbeat: DefaultHeartbeat,
+		closing:   make(chan struct{}),
 	}
 }
 
@@ -124,6 +155,11 @@ func (h *Handler) Register(mux *http.ServeMux) {
 	mux.HandleFunc("PATCH "+base+"/{session}", h.patch)
 	mux.HandleFunc("DELETE "+base+"/{session}", h.delete)
 	mux.HandleFunc("OPTIONS "+base+"/{session}", h.options)
+	mux.HandleFunc("GET "+base+"/{session}/events", h.events)
+	mux.HandleFunc("POST "+base+"/{session}/events", h.createEvents)
+	mux.HandleFunc("OPTIONS "+base+"/{session}/events", h.optionsJSON)
+	mux.HandleFunc("POST "+base+"/{session}/layer", h.layer)
+	mux.HandleFunc("OPTIONS "+base+"/{session}/layer", h.optionsJSON)
 }
 
 // Drain makes new POSTs fail with 503, for a graceful shutdown.
@@ -136,9 +172,11 @@ func (h *Handler) Sessions() int {
 	return len(h.sessions)
 }
 
-// Close ends every session; each Close waits for its session's goroutines.
+// Close ends every session and event stream; each Close waits for its
+// session's goroutines.
 func (h *Handler) Close() {
 	h.Drain()
+	h.closeOnce.Do(func() { close(h.closing) })
 	h.mu.Lock()
 	all := make([]Session, 0, len(h.sessions))
 	for _, e := range h.sessions {
@@ -155,11 +193,19 @@ func (h *Handler) fail(w http.ResponseWriter, err error) {
 	if h.metrics != nil {
 		h.metrics.failures.WithLabelValues(h.kind, e.Metric).Inc()
 	}
+	h.reply(w, err, e)
+}
+
+// reply writes the error response for err, already mapped to e.
+func (h *Handler) reply(w http.ResponseWriter, err error, e *Error) {
 	if e.Status >= 500 {
 		h.log.Error("request failed", "err", err)
 	}
-	if e.Status == http.StatusServiceUnavailable {
+	switch e.Status {
+	case http.StatusServiceUnavailable:
 		w.Header().Set("Retry-After", "5")
+	case http.StatusTooManyRequests:
+		w.Header().Set("Retry-After", "1")
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(e.Status)
@@ -246,13 +292,11 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := newID()
-	e := &entry{stream: stream}
+	e := &entry{stream: stream, done: make(chan struct{})}
 	ended := func() { // the session ended: drop its resource
 		h.mu.Lock()
 		e.ended = true
-		if h.sessions[id] == e {
-			delete(h.sessions, id)
-		}
+		h.dropLocked(id, e)
 		h.mu.Unlock()
 	}
 	sess, answer, err := h.ep.Offer(r.Context(), Offer{
@@ -275,6 +319,7 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/sdp")
 	w.Header().Set("Accept-Patch", "application/trickle-ice-sdpfrag")
 	h.linkHeaders(w)
+	h.extensionLinks(w, loc, sess)
 	w.WriteHeader(http.StatusCreated)
 	io.WriteString(w, answer)
 }
@@ -307,7 +352,7 @@ func (h *Handler) delete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.mu.Lock()
-	delete(h.sessions, id)
+	h.dropLocked(id, e)
 	h.mu.Unlock()
 	e.s.Close()
 	// Exactly 200: OBS treats any other success code as a failure.
@@ -366,6 +411,18 @@ func (h *Handler) patch(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/trickle-ice-sdpfrag")
 	w.WriteHeader(http.StatusOK)
 	io.WriteString(w, answer)
+}
+
+// dropLocked removes e's resource, if still listed, and ends its event
+// streams. h.mu is held.
+func (h *Handler) dropLocked(id string, e *entry) {
+	if h.sessions[id] == e {
+		delete(h.sessions, id)
+	}
+	if !e.gone {
+		e.gone = true
+		close(e.done)
+	}
 }
 
 func newID() string {

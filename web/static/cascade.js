@@ -73,22 +73,33 @@
     });
   }
 
-  // parseIceLinks turns Link headers (RFC 9725 section 4.6) into
-  // RTCIceServer entries. fetch joins repeated headers with ", ".
-  function parseIceLinks(header) {
+  // parseLinks splits a Link header (RFC 8288) into {url, params}
+  // entries, params keyed by lower-case name. fetch joins repeated headers
+  // with ", "; quoted values may contain commas. At most 32 links are read.
+  function parseLinks(header) {
     const out = [];
     if (!header) return out;
     const linkRe = /<([^>]*)>((?:\s*;\s*[A-Za-z-]+\s*=\s*(?:"[^"]*"|[^;,]*))*)/g;
     const paramRe = /;\s*([A-Za-z-]+)\s*=\s*(?:"([^"]*)"|([^;,]*))/g;
     let m;
-    while ((m = linkRe.exec(header)) !== null) {
+    while ((m = linkRe.exec(header)) !== null && out.length < 32) {
       const params = {};
       let p;
       while ((p = paramRe.exec(m[2])) !== null) {
         params[p[1].toLowerCase()] = p[2] !== undefined ? p[2] : p[3].trim();
       }
+      out.push({ url: m[1], params });
+    }
+    return out;
+  }
+
+  // parseIceLinks turns Link headers (RFC 9725 section 4.6) into
+  // RTCIceServer entries.
+  function parseIceLinks(header) {
+    const out = [];
+    for (const { url, params } of parseLinks(header)) {
       if (params.rel !== 'ice-server') continue;
-      const server = { urls: m[1] };
+      const server = { urls: url };
       if (params.username !== undefined) {
         server.username = params.username;
         server.credential = params.credential || '';
@@ -142,13 +153,28 @@
   }
 
   // Session is one WHIP or WHEP resource: POST the offer, remember the
-  // Location, DELETE it when done.
+  // Location and the Link headers, DELETE it when done.
   class Session {
     constructor(url, token) {
       this.url = url;
       this.token = token || '';
       this.location = null;
+      this.links = [];
+      this.base = '';
       this.closed = false;
+    }
+
+    // link returns the absolute URL of the 201's Link with rel, or '':
+    // how the server advertises the WHEP extensions of this session.
+    link(rel) {
+      const l = this.links.find((x) => x.params.rel === rel);
+      if (!l) return '';
+      try {
+        // A Link's URL is relative to the request's (RFC 8288 section 3.2).
+        return new URL(l.url, this.base || window.location.href).href;
+      } catch (e) {
+        return '';
+      }
     }
 
     headers(extra) {
@@ -173,6 +199,8 @@
       if (!res.ok) throw new HTTPError(res.status, oneLine(body) || res.statusText);
       const loc = res.headers.get('Location');
       if (loc) this.location = new URL(loc, res.url || window.location.href).href;
+      this.base = res.url || window.location.href;
+      this.links = parseLinks(res.headers.get('Link'));
       if (this.closed) {
         // close() ran while the POST was in flight: free the resource the
         // server just created, or it would linger until ICE times out.
@@ -206,7 +234,9 @@
     describe,
     formatBitrate,
     iceServers,
+    oneLine,
     parseIceLinks,
+    parseLinks,
     preferH264,
     setStatus,
     streamName,

@@ -1,15 +1,28 @@
 // watch.js: the WHEP player. Connects on load, reconnects by itself with
 // backoff, and keeps a stats overlay and window.cascadeStats up to date.
+// When the session advertises the WHEP event stream and layer selection
+// extensions (Link headers of the 201), it follows the server's ABR
+// events (layers, switch, estimate, video, reconnect) and offers a
+// quality menu; the event shapes are documented in wish/events.go.
 'use strict';
 
 (function () {
   const C = window.Cascade;
   const stream = C.streamName();
   // The page's query string goes through to the POST (e.g. ?rendition=480p):
-  // the WHEP endpoint, not this page, interprets it.
-  const whepURL = '/whep/' + encodeURIComponent(stream) + window.location.search;
+  // the WHEP endpoint, not this page, interprets it. The quality menu
+  // keeps ?rendition= in step with the viewer's choice.
+  const params = new URLSearchParams(window.location.search);
+  // endpoint is where offers go: this node's, until a "reconnect" event
+  // names another one on the same origin.
+  let endpoint = { path: '/whep/' + encodeURIComponent(stream), query: new URLSearchParams() };
   const infoURL = '/v1/streams/' + encodeURIComponent(stream);
-  const wantRendition = new URLSearchParams(window.location.search).get('rendition');
+
+  // The WHEP extensions (draft-ietf-wish-whep), found by their Link rel.
+  const SSE_REL = 'urn:ietf:params:whep:ext:core:server-sent-events';
+  const LAYER_REL = 'urn:ietf:params:whep:ext:core:layer';
+  const RUNG_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/; // wish's rendition name syntax
+  const MAX_RUNGS = 16;
 
   const GRACE_MS = 3000; // how long "disconnected"/"failed" may last before we reconnect
   const BACKOFF_MIN_MS = 1000;
@@ -20,8 +33,19 @@
   const statusEl = document.getElementById('status');
   const statsEl = document.getElementById('stats');
   const unmuteBtn = document.getElementById('unmute');
+  const qualityField = document.getElementById('quality-field');
+  const quality = document.getElementById('quality');
+  const qualityNote = document.getElementById('quality-note');
+  const whepURLEl = document.getElementById('whep-url');
 
-  document.getElementById('whep-url').textContent = window.location.origin + whepURL;
+  // whepURL is the endpoint with the page's query (the endpoint's own
+  // query, from a "reconnect" URL, wins).
+  function whepURL() {
+    const q = new URLSearchParams(params);
+    endpoint.query.forEach((v, k) => q.set(k, v));
+    const qs = q.toString();
+    return endpoint.path + (qs ? '?' + qs : '');
+  }
 
   let pc = null;
   let session = null;
@@ -31,8 +55,26 @@
   let graceTimer = 0;
   let reconnects = 0;
   let prev = {}; // last inbound-rtp sample per kind, for per-second deltas
-  let rendition = '';
+  let rendition = ''; // from /v1/streams, until the server's events say
   let tick = 0;
+  let events = null; // the EventSource of the current session
+  let layerURL = ''; // POST {Location}/layer, when the session has it
+  let extensions = []; // the extensions the session advertised: 'events', 'layer'
+  let abr = emptyABR();
+
+  // emptyABR is what the server's events have told about this session.
+  function emptyABR() {
+    return {
+      live: false, // a "layers" event arrived
+      renditions: [], // [{name, width, height, bitrate}], best first
+      current: '', // the rung being sent
+      pinnedTo: '', // the rung the viewer chose, or '' for auto
+      estimate: 0, // bits per second
+      lastSwitch: null, // {from, to, reason}
+      videoPaused: false,
+      videoReason: '',
+    };
+  }
 
   function emptyStats() {
     return {
@@ -50,13 +92,23 @@
       codec: '',
       audio: null, // {codec, bitrate, packetsLost, jitterBufferMs} while audio flows
       reconnects: 0,
+      // The WHEP extensions of the session, from its Link headers:
+      extensions: [], // 'events', 'layer'
+      // From the session's events, when it sends them:
+      events: false, // the session's events arrive (a "layers" event came)
+      renditions: [], // rung names, best first
+      pinned: false,
+      estimate: 0, // the server's estimate, bits per second
+      lastSwitch: null, // {from, to, reason}
+      videoPaused: false,
       updated: Date.now(),
     };
   }
 
   // window.cascadeStats is the latest sample. It is replaced by a fresh
-  // object every second (only .state changes in between), so a reader never
-  // sees half of one sample and half of the next.
+  // object every second (only .state and the fields the server's events
+  // set change in between), so a reader never sees half of one sample and
+  // half of the next.
   window.cascadeStats = emptyStats();
 
   function status(text, state) {
@@ -71,6 +123,14 @@
     retryTimer = 0;
     graceTimer = 0;
     prev = {};
+    if (events) {
+      events.close();
+      events = null;
+    }
+    layerURL = '';
+    extensions = [];
+    abr = emptyABR();
+    syncMenu();
     if (session) {
       session.close();
       session = null;
@@ -89,7 +149,9 @@
     status('connecting', 'connecting');
     try {
       if (typeof RTCPeerConnection !== 'function') throw new Error('this browser has no WebRTC');
-      const ice = await C.iceServers(whepURL);
+      const url = whepURL();
+      whepURLEl.textContent = window.location.origin + url;
+      const ice = await C.iceServers(url);
       if (my !== gen) return;
       const p = pc = new RTCPeerConnection({ iceServers: ice });
       p.addTransceiver('video', { direction: 'recvonly' });
@@ -103,9 +165,13 @@
       p.onconnectionstatechange = () => {
         if (my === gen) onState(p.connectionState);
       };
-      const s = session = new C.Session(whepURL);
+      const s = session = new C.Session(url);
       await s.start(p);
       if (my !== gen) return;
+      layerURL = s.link(LAYER_REL);
+      const sse = s.link(SSE_REL);
+      extensions = (sse ? ['events'] : []).concat(layerURL ? ['layer'] : []);
+      if (sse) subscribe(sse, my);
       refreshInfo();
     } catch (err) {
       if (my !== gen) return;
@@ -161,12 +227,164 @@
       if (!res.ok) return;
       const s = await res.json();
       const list = Array.isArray(s.renditions) ? s.renditions : [];
-      const chosen = (wantRendition && list.find((r) => r.name === wantRendition)) || list[0];
+      const want = params.get('rendition');
+      const chosen = (want && list.find((r) => r.name === want)) || list[0];
       rendition = chosen ? chosen.name : '';
     } catch (e) {
       // Stats are best effort; keep the last known name.
     }
   }
+
+  // subscribe follows the session's event stream. EventSource reconnects
+  // by itself after a network error; once the session is gone the server
+  // answers 404 and EventSource gives up. Every payload is checked: the
+  // page trusts the shapes no more than any other input.
+  function subscribe(url, my) {
+    if (typeof EventSource !== 'function') return;
+    const es = events = new EventSource(url);
+    const on = (name, fn) => es.addEventListener(name, (e) => {
+      if (my !== gen || events !== es) return;
+      let d;
+      try {
+        d = JSON.parse(e.data);
+      } catch (err) {
+        return;
+      }
+      if (d && typeof d === 'object' && !Array.isArray(d)) {
+        fn(d);
+        drawABR();
+      }
+    });
+    on('layers', onLayers);
+    on('switch', (d) => {
+      // An empty "to" is a switch to no video (see the "video" event).
+      const to = str(d.to);
+      abr.lastSwitch = { from: str(d.from), to, reason: str(d.reason) };
+      if (num(d.estimate)) abr.estimate = num(d.estimate);
+      if (!to) return;
+      abr.current = to;
+      // While pinned, the server switches only to the pinned rung.
+      if (abr.pinnedTo) abr.pinnedTo = to;
+      syncMenu();
+    });
+    on('estimate', (d) => {
+      abr.estimate = num(d.bps);
+      if (str(d.rendition)) abr.current = str(d.rendition);
+    });
+    on('video', (d) => {
+      abr.videoPaused = d.paused === true;
+      abr.videoReason = str(d.reason);
+    });
+    // "reconnect" is the draft's name; "move" is accepted as well.
+    on('reconnect', move);
+    on('move', move);
+  }
+
+  function str(v) {
+    return typeof v === 'string' ? v.slice(0, 64) : '';
+  }
+
+  function num(v) {
+    return typeof v === 'number' && isFinite(v) && v > 0 ? v : 0;
+  }
+
+  function onLayers(d) {
+    const list = Array.isArray(d.renditions) ? d.renditions.slice(0, MAX_RUNGS) : [];
+    abr.renditions = list
+      .filter((r) => r && typeof r.name === 'string' && RUNG_RE.test(r.name))
+      .map((r) => ({ name: r.name, width: num(r.width), height: num(r.height), bitrate: num(r.bitrate) }));
+    if (str(d.current)) abr.current = str(d.current);
+    // A pin takes effect at the next keyframe: until the "switch", current
+    // is still the old rung, so keep the rung the viewer chose.
+    const keep = abr.pinnedTo && abr.renditions.some((r) => r.name === abr.pinnedTo);
+    abr.pinnedTo = d.pinned === true ? (keep ? abr.pinnedTo : abr.current) : '';
+    abr.live = true;
+    syncMenu();
+  }
+
+  // move starts a new session where the server says (the WHEP "reconnect"
+  // event): at url if given, else at the same endpoint. This page may talk
+  // only to its own origin (its CSP), so a move to another node opens
+  // that node's player instead.
+  function move(d) {
+    let target = null;
+    if (typeof d.url === 'string' && d.url !== '') {
+      if (d.url.length > 2048) return;
+      try {
+        target = new URL(d.url, window.location.href);
+      } catch (e) {
+        return;
+      }
+      if (target.protocol !== 'http:' && target.protocol !== 'https:') return;
+    }
+    if (target && target.origin !== window.location.origin) {
+      const m = /^\/whep\/([A-Za-z0-9][A-Za-z0-9._-]{0,127})\/?$/.exec(target.pathname);
+      if (!m) return;
+      const q = new URLSearchParams(params);
+      new URLSearchParams(target.search).forEach((v, k) => q.set(k, v));
+      const qs = q.toString();
+      gen++;
+      teardown();
+      status('moving to ' + target.host, 'connecting');
+      window.location.assign(target.origin + '/watch/' + m[1] + (qs ? '?' + qs : ''));
+      return;
+    }
+    if (target) endpoint = { path: target.pathname, query: new URLSearchParams(target.search) };
+    attempt = 0;
+    reconnects++;
+    connect();
+  }
+
+  // syncMenu rebuilds the quality menu from the "layers" event (only when
+  // the rungs change, so an open menu is not disturbed) and shows the
+  // current choice.
+  let menuKey = '';
+  function syncMenu() {
+    const show = abr.live && layerURL !== '' && abr.renditions.length > 0;
+    qualityField.hidden = !show;
+    if (!show) return;
+    const key = abr.renditions.map((r) => r.name).join(',');
+    if (key !== menuKey) {
+      menuKey = key;
+      const opts = [new Option('Auto', 'auto')];
+      for (const r of abr.renditions) {
+        const label = r.name + (r.bitrate ? ' \u00b7 ' + C.formatBitrate(r.bitrate) : '');
+        opts.push(new Option(label, r.name));
+      }
+      quality.replaceChildren(...opts);
+    }
+    const want = abr.renditions.some((r) => r.name === abr.pinnedTo) ? abr.pinnedTo : 'auto';
+    if (!quality.disabled) quality.value = want;
+  }
+
+  quality.addEventListener('change', async () => {
+    const choice = quality.value;
+    const url = layerURL;
+    if (!url) return;
+    quality.disabled = true;
+    qualityNote.textContent = '';
+    try {
+      const res = await fetch(url, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ rendition: choice }),
+        cache: 'no-store',
+      });
+      if (!res.ok) throw new C.HTTPError(res.status, C.oneLine(await res.text()) || res.statusText);
+      // Keep the choice for the next session and for a reload.
+      if (choice === 'auto') params.delete('rendition');
+      else params.set('rendition', choice);
+      const qs = params.toString();
+      history.replaceState(null, '', window.location.pathname + (qs ? '?' + qs : ''));
+      whepURLEl.textContent = window.location.origin + whepURL();
+      if (url === layerURL) abr.pinnedTo = choice === 'auto' ? '' : choice;
+    } catch (err) {
+      qualityNote.textContent = 'quality: ' + C.describe(err);
+    } finally {
+      quality.disabled = false;
+      syncMenu();
+    }
+  });
 
   // inbound computes the per-second figures for one inbound-rtp entry.
   function inbound(kind, r, report) {
@@ -213,7 +431,7 @@
     const s = emptyStats();
     s.state = statusEl.dataset.state || 'connecting';
     s.reconnects = reconnects;
-    s.rendition = rendition;
+    Object.assign(s, abrFields());
     if (p) {
       if (s.state === 'connected' && tick % INFO_EVERY === 0) refreshInfo();
       try {
@@ -259,6 +477,8 @@
     cells[key] = dd;
   }
   row('rendition', 'rendition');
+  row('estimate', 'estimate');
+  row('switch', 'last switch');
   row('resolution', 'resolution');
   row('fps', 'fps');
   row('bitrate', 'video');
@@ -267,8 +487,35 @@
   row('jitter', 'jitter buf');
   row('decoded', 'decoded');
 
+  // abrFields are the sample's fields that the server's events set.
+  function abrFields() {
+    return {
+      rendition: abr.current || rendition,
+      extensions: extensions.slice(),
+      events: abr.live,
+      renditions: abr.renditions.map((r) => r.name),
+      pinned: abr.pinnedTo !== '',
+      estimate: abr.estimate,
+      lastSwitch: abr.lastSwitch,
+      videoPaused: abr.videoPaused,
+    };
+  }
+
+  // drawABR shows what an event said at once, in a copy of the last
+  // sample, rather than a second later.
+  function drawABR() {
+    window.cascadeStats = Object.assign({}, window.cascadeStats, abrFields());
+    draw(window.cascadeStats);
+  }
+
   function draw(s) {
-    cells.rendition.textContent = s.rendition || '—';
+    let name = s.rendition || '—';
+    if (s.rendition && s.events) name += s.pinned ? ' (pinned)' : ' (auto)';
+    if (s.videoPaused) name += ' \u00b7 video paused' + (abr.videoReason ? ' (' + abr.videoReason + ')' : '');
+    cells.rendition.textContent = name;
+    cells.estimate.textContent = s.estimate ? C.formatBitrate(s.estimate) : '—';
+    const w = s.lastSwitch;
+    cells.switch.textContent = w ? (w.from || '?') + ' \u2192 ' + (w.to || 'no video') + (w.reason ? ' (' + w.reason + ')' : '') : '—';
     cells.resolution.textContent = s.width && s.height ? s.width + 'x' + s.height + (s.codec ? ' ' + s.codec : '') : '—';
     cells.fps.textContent = s.fps ? s.fps.toFixed(1) : '0';
     cells.bitrate.textContent = C.formatBitrate(s.bitrate);
