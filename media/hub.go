@@ -199,7 +199,14 @@ func (h *Hub) cacheGOP(p *Packet) {
 // Subscribe adds a subscriber. For video it is primed with the cached GOP
 // so its first packet is a keyframe; without a cached GOP it waits for the
 // next keyframe, and one is requested. It returns nil if the hub is closed.
-func (h *Hub) Subscribe() *Subscriber {
+func (h *Hub) Subscribe() *Subscriber { return h.subscribe(true) }
+
+// SubscribeLive adds a subscriber that starts at the hub's next keyframe,
+// without the cached GOP: a viewer moving from another rendition must not
+// go back in time. No keyframe is requested; the caller may.
+func (h *Hub) SubscribeLive() *Subscriber { return h.subscribe(false) }
+
+func (h *Hub) subscribe(prime bool) *Subscriber {
 	s := &Subscriber{
 		hub:  h,
 		wake: make(chan struct{}, 1),
@@ -217,7 +224,7 @@ func (h *Hub) Subscribe() *Subscriber {
 	s.ring = make([]Entry, size)
 	s.waitKey = h.cfg.Kind == Video
 	primed := false
-	if h.gopValid && len(h.gop) > 0 {
+	if prime && h.gopValid && len(h.gop) > 0 {
 		for _, p := range h.gop {
 			s.push(p)
 		}
@@ -227,7 +234,7 @@ func (h *Hub) Subscribe() *Subscriber {
 	copy(subs, h.subs)
 	h.subs = append(subs, s)
 	h.mu.Unlock()
-	if h.cfg.Kind == Video && !primed {
+	if h.cfg.Kind == Video && prime && !primed {
 		h.RequestKeyframe()
 	}
 	return s

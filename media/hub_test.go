@@ -45,6 +45,32 @@ func TestSubscriberStartsOnCachedKeyframe(t *testing.T) {
 	}
 }
 
+// TestSubscribeLiveSkipsCachedGOP: a viewer switching rungs starts at the
+// next keyframe, never at the cached one (that would go back in time).
+func TestSubscribeLiveSkipsCachedGOP(t *testing.T) {
+	h := videoHub()
+	defer h.Close()
+	var asked atomic.Int32
+	h.SetKeyframeRequester(func() { asked.Add(1) })
+	src := h.NewSource()
+	feed(src, 25, 10, 100, 0) // keyframes at 0, 10, 20; a GOP is cached
+	s := h.SubscribeLive()
+	if got := s.Pop(nil); len(got) != 0 || asked.Load() != 0 {
+		t.Fatalf("live subscriber got %d cached packets, %d keyframe requests", len(got), asked.Load())
+	}
+	for i := range 10 { // five deltas, then a keyframe and four deltas
+		pl := deltaPayload
+		if i == 5 {
+			pl = keyPayload
+		}
+		src.Write(&Packet{SequenceNumber: 125 + uint16(i), Timestamp: uint32(25+i) * 3000, Payload: pl})
+	}
+	got := s.Pop(nil)
+	if len(got) != 5 || !got[0].Packet.Keyframe || got[0].Packet.SequenceNumber != 130 {
+		t.Fatalf("got %d packets from seq %d, want 5 from the keyframe at 130", len(got), got[0].Packet.SequenceNumber)
+	}
+}
+
 func TestSubscriberWithoutCacheWaitsForKeyframe(t *testing.T) {
 	cfg := DefaultHubConfig(Video, "H264", 90000)
 	cfg.GOPBytes = 0

@@ -20,10 +20,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/cascade-cdn/cascade/api"
+	"github.com/cascade-cdn/cascade/cluster"
 	"github.com/cascade-cdn/cascade/edge/whep"
-	"github.com/cascade-cdn/cascade/media"
 	"github.com/cascade-cdn/cascade/origin/auth"
 	"github.com/cascade-cdn/cascade/origin/registry"
+	"github.com/cascade-cdn/cascade/origin/rtsp"
 	"github.com/cascade-cdn/cascade/origin/whip"
 	"github.com/cascade-cdn/cascade/peer"
 	"github.com/cascade-cdn/cascade/transcode"
@@ -41,6 +42,10 @@ type Config struct {
 	Auth       auth.Config      `yaml:"auth"`
 	Streams    registry.Config  `yaml:"streams"`
 	Transcode  transcode.Config `yaml:"transcode"`
+	RTSP       rtsp.Config      `yaml:"rtsp"`
+	// Sources are cameras and other RTSP servers to pull, by stream name.
+	Sources map[string]rtsp.SourceConfig `yaml:"sources"`
+	Cluster cluster.Config               `yaml:"cluster"`
 	// Pprof serves Go's profiler under /debug/pprof/ on the HTTP port.
 	// Off by default: profiles reveal internals.
 	Pprof bool `yaml:"pprof"`
@@ -57,6 +62,8 @@ func DefaultConfig() Config {
 		Auth:      a,
 		Streams:   registry.DefaultConfig(),
 		Transcode: transcode.DefaultConfig(),
+		RTSP:      rtsp.DefaultConfig(),
+		Sources:   map[string]rtsp.SourceConfig{},
 	}
 }
 
@@ -66,6 +73,8 @@ func TestConfig() Config {
 	c := DefaultConfig()
 	c.HTTP = "127.0.0.1:0"
 	c.WebRTC.Listen = "127.0.0.1:0"
+	c.RTSP.Listen = "127.0.0.1:0"
+	c.RTSP.UDPRTP, c.RTSP.UDPRTCP = "", "" // tests that need UDP pick a free pair
 	c.Streams.GracePeriod = 2 * time.Second
 	c.Streams.SilenceTimeout = 2 * time.Second
 	// Test publishers send synthetic slices no decoder accepts; tests of
@@ -88,6 +97,12 @@ func (c Config) Validate() error {
 	if err := c.Transcode.Validate(); err != nil {
 		return err
 	}
+	if err := c.RTSP.Validate(); err != nil {
+		return err
+	}
+	if err := rtsp.ValidateSources(c.Sources); err != nil {
+		return err
+	}
 	for name := range c.Auth.PublishKeys {
 		if !wish.ValidStreamName(name) {
 			return fmt.Errorf("auth.publish_keys: %q is not a valid stream name", name)
@@ -98,16 +113,18 @@ func (c Config) Validate() error {
 
 // Node is a running all-in-one node.
 type Node struct {
-	cfg  Config
-	log  *slog.Logger
-	eng  *peer.Engine
-	reg  *registry.Registry
-	whip *wish.Handler
-	whep *wish.Handler
-	api  *api.API
-	tc   *transcoders
-	ln   net.Listener
-	srv  *http.Server
+	cfg   Config
+	log   *slog.Logger
+	eng   *peer.Engine
+	reg   *registry.Registry
+	whip  *wish.Handler
+	whep  *wish.Handler
+	api   *api.API
+	tc    *transcoders
+	rtsp  *rtsp.Server // nil when RTSP is off
+	pulls *rtsp.Pulls
+	ln    net.Listener
+	srv   *http.Server
 
 	closeOnce sync.Once
 	served    chan struct{}
@@ -137,7 +154,16 @@ func New(cfg Config, log *slog.Logger) (n *Node, err error) {
 	}
 	wm := wish.NewMetrics(pr)
 	ingest := whip.New(n.eng, n.reg, cfg.Auth, pr, log)
-	playback := whep.New(n.eng, streams{n.reg}, pr, log)
+	if n.pulls, err = rtsp.NewPulls(cfg.Sources, n.reg, pr, log); err != nil {
+		return nil, err
+	}
+	if cfg.RTSP.Listen != "" {
+		if n.rtsp, err = rtsp.New(cfg.RTSP, n.reg, cfg.Auth, cfg.Cluster.Secret, n.pulls, pr, log); err != nil {
+			return nil, err
+		}
+		n.pulls.SetReaders(n.rtsp.RelayReaders)
+	}
+	playback := whep.New(n.eng, streams{n.reg, n.pulls}, pr, log)
 	n.tc = &transcoders{cfg: cfg.Transcode, m: transcode.NewMetrics(pr), log: log, running: map[string]*transcode.Pipeline{}}
 	if cfg.Transcode.Enabled {
 		n.reg.OnStart(n.tc.start)
@@ -146,6 +172,9 @@ func New(cfg Config, log *slog.Logger) (n *Node, err error) {
 		n.tc.stop(name)
 		ingest.Forget(name)
 		playback.Forget(name)
+		if n.rtsp != nil {
+			n.rtsp.Forget(name)
+		}
 	})
 	n.whip = wish.New("whip", ingest, cfg.ICEServers, wm, log)
 	n.whep = wish.New("whep", playback, cfg.ICEServers, wm, log)
@@ -219,6 +248,10 @@ func (n *Node) Close() error {
 		if n.whip != nil {
 			n.whip.Close()
 		}
+		if n.rtsp != nil {
+			n.rtsp.Close()
+		}
+		n.pulls.Close()
 		if n.reg != nil {
 			n.reg.Close()
 		}
@@ -240,32 +273,43 @@ func (n *Node) Close() error {
 
 // streams adapts the registry to what WHEP needs, so edge code never
 // imports origin code.
-type streams struct{ reg *registry.Registry }
+type streams struct {
+	reg   *registry.Registry
+	pulls *rtsp.Pulls // starts on-demand cameras
+}
 
 func (s streams) Lookup(name string) (whep.Source, bool) {
 	st := s.reg.Get(name)
+	if st == nil && s.pulls.Demand(name) {
+		st = s.reg.Get(name)
+	}
 	if st == nil {
 		return whep.Source{}, false
 	}
 	video := st.Video // without a transcoder, "source" is the publisher's hub
-	rs := st.Renditions()
-	if len(rs) > 0 && rs[0].Name == "source" {
-		video = rs[0].Hub
+	if video.Config().Codec != "H264" {
+		video = nil // H.265 reaches viewers only through the transcoder
 	}
 	return whep.Source{Video: video, Audio: st.Audio, AddViewers: st.AddViewers,
-		Rendition: func(name string) (*media.Hub, []string) {
-			names := []string{"source"}
-			var found *media.Hub
-			for _, r := range rs {
-				if r.Name != "source" {
-					names = append(names, r.Name)
-				}
-				if r.Name == name {
-					found = r.Hub
-				}
-			}
-			return found, names
-		}}, true
+		Ladder: func() []whep.Rendition { return ladderOf(st) }}, true
+}
+
+// ladderOf lists a stream's renditions for viewers, best first: the
+// transcoder's ladder, or the publisher's own H.264 as "source".
+func ladderOf(st *registry.Stream) []whep.Rendition {
+	var out []whep.Rendition
+	for _, r := range st.Renditions() {
+		b := r.Bitrate
+		if r.Name == "source" && b == 0 {
+			b = int(st.VideoBitrate())
+		}
+		out = append(out, whep.Rendition{Name: r.Name, Width: r.Width, Height: r.Height, Bitrate: b, Hub: r.Hub})
+	}
+	if len(out) == 0 && st.VideoCodec() == "H264" {
+		i := st.Info()
+		out = append(out, whep.Rendition{Name: "source", Width: i.Width, Height: i.Height, Bitrate: int(st.VideoBitrate()), Hub: st.Video})
+	}
+	return out
 }
 
 // Sessions returns the open WHIP and WHEP sessions.

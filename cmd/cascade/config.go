@@ -80,12 +80,20 @@ var helps = map[string]string{
 	"transcode.encoder":           "libavcodec encoder; an unavailable one falls back to libx264",
 	"transcode.preset":            "x264 speed preset",
 	"pprof":                       "serve Go's profiler under /debug/pprof/ on the HTTP port",
+	"rtsp.listen":                 "RTSP address: publish (ANNOUNCE/RECORD) and relay reads (DESCRIBE/PLAY); empty turns RTSP off",
+	"rtsp.udp_rtp":                "UDP port for RTSP's RTP (even); empty offers TCP only",
+	"rtsp.udp_rtcp":               "UDP port for RTSP's RTCP (rtp + 1)",
+	"rtsp.tls_cert":               "PEM certificate: serve RTSPS instead of RTSP (UDP then off)",
+	"rtsp.tls_key":                "PEM key of rtsp.tls_cert",
+	"rtsp.read_timeout":           "close RTSP sessions silent for this long",
+	"sources":                     "cameras to pull, by stream name (YAML only: name: {url, on_demand, transport: tcp|udp, idle_timeout} or name: URL)",
+	"cluster.secret":              "shared secret: relay reads (RTSP user cascade) and, later, gossip encryption",
 	"log.level":                   "debug, info, warn or error",
 	"log.format":                  "text or json",
 }
 
 // aliases are the short flags the design names.
-var aliases = map[string]string{"webrtc": "webrtc.listen"}
+var aliases = map[string]string{"webrtc": "webrtc.listen", "rtsp": "rtsp.listen"}
 
 // keys walks cfg and returns its leaves in yaml order.
 func keys(cfg *Config) []key {
@@ -138,7 +146,10 @@ func format(v reflect.Value) string {
 		}
 		return strings.Join(v.Interface().([]string), ",")
 	case reflect.Map:
-		m := v.Interface().(map[string]string)
+		m, ok := v.Interface().(map[string]string)
+		if !ok {
+			return ""
+		}
 		var parts []string
 		for k := range m {
 			parts = append(parts, k+"=<secret>")

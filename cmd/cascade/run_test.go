@@ -20,7 +20,7 @@ func TestSIGTERMDrains(t *testing.T) {
 	outR, outW := io.Pipe()
 	code := make(chan int, 1)
 	go func() {
-		code <- run([]string{"--http", "127.0.0.1:0", "--webrtc", "127.0.0.1:0", "--log.level", "error"}, nil, outW, io.Discard)
+		code <- run([]string{"--http", "127.0.0.1:0", "--webrtc", "127.0.0.1:0", "--rtsp", "127.0.0.1:0", "--rtsp.udp_rtp", "", "--rtsp.udp_rtcp", "", "--log.level", "error"}, nil, outW, io.Discard)
 		outW.Close()
 	}()
 	urls := regexp.MustCompile(`streams:\s+(http://\S+)/`)

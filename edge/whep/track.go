@@ -65,3 +65,11 @@ func (t *localTrack) write(h *rtp.Header, payload []byte) error {
 	_, err := b.w.WriteRTP(h, payload)
 	return err
 }
+
+// ssrc is the SSRC the track is sent with, or 0 before it is bound.
+func (t *localTrack) ssrc() uint32 {
+	if b := t.b.Load(); b != nil {
+		return b.ssrc
+	}
+	return 0
+}

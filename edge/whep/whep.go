@@ -6,6 +6,8 @@ package whep
 
 import (
 	"context"
+	"errors"
+	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -24,15 +26,38 @@ import (
 
 // Source is what a viewer plays: a stream's hubs.
 type Source struct {
+	// Video is the source rendition's hub, used when there is no Ladder.
 	Video, Audio *media.Hub
 	// AddViewers, if set, is told of each viewer that joins (+1) and leaves (-1).
 	AddViewers func(int64)
-	// Rendition, if set, finds a transcoded rung's hub by name; it also
-	// returns every name the stream has, for the error a client gets.
-	Rendition func(name string) (*media.Hub, []string)
+	// Ladder, if set, returns the stream's renditions now, best first (the
+	// ladder changes when the transcoder re-plans it).
+	Ladder func() []Rendition
 }
 
-// Streams finds the stream a viewer asks for. Lookup must not block.
+// Rendition is one rung a viewer may be sent.
+type Rendition struct {
+	Name          string
+	Width, Height int
+	Bitrate       int // bit/s; 0 if not known yet
+	Hub           *media.Hub
+}
+
+// ladder returns the source's renditions, or its one source rendition.
+func (src Source) ladder() []Rendition {
+	if src.Ladder != nil {
+		if rs := src.Ladder(); len(rs) > 0 {
+			return rs
+		}
+	}
+	if src.Video == nil {
+		return nil
+	}
+	return []Rendition{{Name: "source", Hub: src.Video}}
+}
+
+// Streams finds the stream a viewer asks for. Lookup may wait a few
+// seconds (an on-demand camera starting) but no longer.
 type Streams interface {
 	Lookup(name string) (Source, bool)
 }
@@ -46,6 +71,16 @@ type Endpoint struct {
 }
 
 type metrics struct {
+	rungViewers   *prometheus.GaugeVec
+	switches      *prometheus.CounterVec
+	estimate      prometheus.Histogram
+	probes        *prometheus.CounterVec
+	firstFrame    prometheus.Histogram
+	pausedSeconds prometheus.Counter
+	audioOnly     prometheus.Counter
+	eventsDropped prometheus.Counter
+	badRTCP       prometheus.Counter
+
 	viewers     prometheus.Gauge
 	packets     *prometheus.CounterVec
 	bytes       *prometheus.CounterVec
@@ -67,7 +102,20 @@ func New(eng *peer.Engine, streams Streams, pr prometheus.Registerer, log *slog.
 		retransmits: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cascade_viewer_retransmits_total", Help: "Packets retransmitted from the shared buffer."}, []string{"stream"}),
 		plis:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cascade_viewer_plis_total", Help: "Keyframe requests (PLI/FIR) from viewers, before coalescing."}, []string{"stream"}),
 	}
-	pr.MustRegister(m.viewers, m.packets, m.bytes, m.drops, m.nacks, m.retransmits, m.plis)
+	m.rungViewers = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cascade_viewer_rendition", Help: "Viewers on each rendition now."}, []string{"stream", "rendition"})
+	m.switches = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cascade_abr_switches_total", Help: "Rendition switches completed, by direction and reason."}, []string{"direction", "reason"})
+	m.estimate = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cascade_abr_estimate_bps", Help: "Viewers' usable bandwidth estimates, sampled once a second per viewer.",
+		Buckets: prometheus.ExponentialBuckets(100e3, 2, 10)})
+	m.probes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cascade_abr_probes_total", Help: "Bandwidth probes before climbing, by outcome."}, []string{"outcome"})
+	m.firstFrame = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cascade_viewer_first_frame_seconds", Help: "Time from a viewer's WHEP POST to its first video packet sent.",
+		Buckets: prometheus.ExponentialBuckets(0.05, 2, 8)})
+	m.pausedSeconds = prometheus.NewCounter(prometheus.CounterOpts{Name: "cascade_abr_video_paused_seconds_total", Help: "Viewer-seconds of video paused (audio only) for lack of bandwidth."})
+	m.audioOnly = prometheus.NewCounter(prometheus.CounterOpts{Name: "cascade_abr_audio_only_total", Help: "Times a viewer's video was paused for lack of bandwidth."})
+	m.eventsDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "cascade_viewer_events_dropped_total", Help: "Session events not delivered because the player's stream was full."})
+	m.badRTCP = prometheus.NewCounter(prometheus.CounterOpts{Name: "cascade_viewer_bad_rtcp_total", Help: "Malformed RTCP from viewers, dropped."})
+	pr.MustRegister(m.badRTCP)
+	pr.MustRegister(m.viewers, m.packets, m.bytes, m.drops, m.nacks, m.retransmits, m.plis,
+		m.rungViewers, m.switches, m.estimate, m.probes, m.firstFrame, m.pausedSeconds, m.audioOnly, m.eventsDropped)
 	return &Endpoint{eng: eng, streams: streams, log: log.With("component", "whep"), m: m}
 }
 
@@ -77,6 +125,7 @@ func (e *Endpoint) Forget(stream string) {
 	for _, v := range []*prometheus.CounterVec{e.m.packets, e.m.bytes, e.m.drops, e.m.nacks, e.m.retransmits, e.m.plis} {
 		v.DeletePartialMatch(l)
 	}
+	e.m.rungViewers.DeletePartialMatch(l)
 }
 
 // checkOffer finds which kinds the viewer can receive.
@@ -118,33 +167,40 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 	if err != nil {
 		return nil, "", err
 	}
-	// ?rendition=NAME pins the viewer to a rung; without it (or "auto",
-	// until per-viewer ABR exists) the viewer gets the source.
-	if name := o.Query.Get("rendition"); name != "" && name != "auto" && name != "source" {
-		var hub *media.Hub
-		var names []string
-		if src.Rendition != nil {
-			hub, names = src.Rendition(name)
-		}
-		if hub == nil {
-			return nil, "", wish.Errorf(404, "unknown_rendition", "no rendition %.40q; this stream has: %s", name, strings.Join(names, ", "))
-		}
-		src.Video = hub
+	lim, err := limits(o.Query)
+	if err != nil {
+		return nil, "", err
 	}
-	pc, err := e.eng.Viewer().NewPeerConnection(webrtc.Configuration{})
+	ladder := src.ladder()
+	if lim.Pin != "" && lim.Pin != "auto" && rendition(ladder, lim.Pin) == nil {
+		return nil, "", wish.Errorf(404, "unknown_rendition", "no rendition %.40q; this stream has: %s", lim.Pin, strings.Join(names(ladder), ", "))
+	}
+	pc, bwe, err := e.eng.NewViewer()
 	if err != nil {
 		return nil, "", err
 	}
 	s := &session{
 		e: e, pc: pc, stream: o.Stream, src: src, done: make(chan struct{}), heard: make(chan struct{}), started: time.Now(),
-		ended: o.Ended,
-		log:   e.log.With("stream", o.Stream, "remote", o.Remote),
+		ended: o.Ended, evSubs: map[chan wish.Event]struct{}{}, bwe: bwe,
+		log: e.log.With("stream", o.Stream, "remote", o.Remote),
 	}
-	if wantVideo && src.Video != nil {
-		if s.video, err = s.addTrack(webrtc.RTPCodecTypeVideo, src.Video, peer.ViewerH264()); err != nil {
+	// Set before any media flows; the controller is made just below.
+	bwe.OnDelivered(func(now time.Time, bytes, packets int) {
+		if c := s.abr.ctl; c != nil {
+			c.OnDelivered(now, bytes, packets)
+		}
+	})
+	var first *Rendition
+	if wantVideo && len(ladder) > 0 {
+		if first, err = s.startABR(ladder, lim); err != nil {
 			s.abort()
 			return nil, "", err
 		}
+		if s.video, err = s.addTrack(webrtc.RTPCodecTypeVideo, first.Hub, peer.ViewerH264()); err != nil {
+			s.abort()
+			return nil, "", err
+		}
+		s.video.name = first.Name
 	}
 	if wantAudio && src.Audio != nil {
 		if s.audio, err = s.addTrack(webrtc.RTPCodecTypeAudio, src.Audio, peer.ViewerOpus()); err != nil {
@@ -167,6 +223,10 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 			}
 		}
 	}
+	if s.video != nil {
+		s.holdRung(s.video.name)
+		s.heldName = s.video.name
+	}
 	// Only now: an abort above closes pc, and that must not run Close.
 	pc.OnConnectionStateChange(s.onState)
 	e.m.viewers.Inc()
@@ -177,29 +237,6 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 	go s.write()
 	s.log.Info("viewer connected")
 	return s, answer, nil
-}
-
-// output is one track of one viewer.
-type output struct {
-	kind  string
-	hub   *media.Hub
-	sub   *media.Subscriber
-	track *localTrack
-
-	// Owned by the writer goroutine.
-	hdr     rtp.Header
-	off     uint16 // viewer seq = hub seq + off
-	lastOut uint16
-	begun   bool
-	dropped uint64
-
-	// offsets publishes off to the RTCP reader, which maps NACKed viewer
-	// sequence numbers back to hub ones: current offset | previous
-	// offset<<16 | first viewer seq of the current offset<<32. Written only
-	// when off changes.
-	offsets atomic.Uint64
-
-	packets, bytes, drops prometheus.Counter
 }
 
 func (s *session) addTrack(kind webrtc.RTPCodecType, hub *media.Hub, codec webrtc.RTPCodecCapability) (*output, error) {
@@ -217,37 +254,6 @@ func (s *session) addTrack(kind webrtc.RTPCodecType, hub *media.Hub, codec webrt
 	return o, nil
 }
 
-// send writes one packet, closing gaps the hub made on purpose so the
-// viewer's sequence numbers stay continuous.
-func (o *output) send(e media.Entry) error {
-	p := e.Packet
-	if !o.begun || e.Resync {
-		next := o.lastOut + 1
-		off := next - p.SequenceNumber
-		if !o.begun {
-			off, next = 0, p.SequenceNumber
-		}
-		o.offsets.Store(uint64(off) | uint64(o.off)<<16 | uint64(next)<<32)
-		o.off, o.begun = off, true
-	}
-	seq := p.SequenceNumber + o.off
-	o.hdr = rtp.Header{Version: 2, Marker: p.Marker, SequenceNumber: seq, Timestamp: p.Timestamp}
-	o.lastOut = seq
-	o.packets.Inc()
-	o.bytes.Add(float64(len(p.Payload)))
-	return o.track.write(&o.hdr, p.Payload)
-}
-
-// hubSeq maps a viewer sequence number back to the hub's.
-func (o *output) hubSeq(viewer uint16) uint16 {
-	v := o.offsets.Load()
-	cur, prev, since := uint16(v), uint16(v>>16), uint16(v>>32)
-	if int16(viewer-since) < 0 {
-		return viewer - prev
-	}
-	return viewer - cur
-}
-
 // session is one WHEP viewer.
 type session struct {
 	e       *Endpoint
@@ -258,6 +264,16 @@ type session struct {
 	video   *output
 	audio   *output
 	started time.Time
+	abr     viewerABR // the rendition choice; video only
+	bwe     estimator // nil without one
+	// heldRung is the rung counted in the viewers-per-rung gauge (writer
+	// goroutine); heldName the one events report (evMu).
+	heldRung  string
+	rungGauge prometheus.Gauge
+	heldName  string
+
+	evMu   sync.Mutex // guards evSubs
+	evSubs map[chan wish.Event]struct{}
 
 	heard     chan struct{} // closed at the first RTCP from the viewer
 	heardOnce sync.Once
@@ -288,59 +304,95 @@ const listenWait = 500 * time.Millisecond
 const maxRetransmitsPerReport = 256
 
 // readRTCP reads a sender's RTCP: NACKs are answered from the hub's shared
-// buffer, PLIs become one coalesced keyframe request per stream.
+// buffer, PLIs become one coalesced keyframe request per stream, and loss
+// reports, NACK counts and REMB feed the viewer's rendition choice.
 func (s *session) readRTCP(sender *webrtc.RTPSender, o *output) {
 	defer s.wg.Done()
 	var hdr rtp.Header
 	nacks := s.e.m.nacks.WithLabelValues(s.stream)
 	rtx := s.e.m.retransmits.WithLabelValues(s.stream)
 	plis := s.e.m.plis.WithLabelValues(s.stream)
+	video := o.kind == "video"
 	for {
 		pkts, _, err := sender.ReadRTCP()
 		if err != nil {
-			return
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrClosedPipe) {
+				return
+			}
+			select {
+			case <-s.done:
+				return
+			default:
+			}
+			// One malformed compound packet must not end NACK and PLI
+			// service for this viewer.
+			s.e.m.badRTCP.Inc()
+			continue
 		}
-		s.lastRTCP.Store(time.Now().UnixNano())
+		now := time.Now()
+		s.lastRTCP.Store(now.UnixNano())
 		s.heardOnce.Do(func() { close(s.heard) })
 		budget := maxRetransmitsPerReport
 		for _, p := range pkts {
 			switch p := p.(type) {
 			case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
 				plis.Inc()
-				o.hub.RequestKeyframe()
+				if h := o.current(); h != nil {
+					h.RequestKeyframe()
+				}
 			case *rtcp.TransportLayerNack:
+				n := 0
 				for _, pair := range p.Nacks {
 					for _, seq := range pair.PacketList() {
+						n++
 						nacks.Inc()
 						if budget == 0 {
 							continue
 						}
 						budget--
-						if pkt := o.hub.Retransmit(o.hubSeq(seq)); pkt != nil {
-							hdr = rtp.Header{Version: 2, Marker: pkt.Marker, SequenceNumber: seq, Timestamp: pkt.Timestamp}
+						if pkt, off := o.lookup(seq); pkt != nil {
+							hdr = rtp.Header{Version: 2, Marker: pkt.Marker, SequenceNumber: seq, Timestamp: pkt.Timestamp + off}
 							if o.track.write(&hdr, pkt.Payload) == nil {
 								rtx.Inc()
 							}
 						}
 					}
 				}
+				if video {
+					s.abr.onNACK(now, n)
+				}
+			case *rtcp.ReceiverReport:
+				if video {
+					ssrc := o.track.ssrc()
+					for _, r := range p.Reports {
+						if r.SSRC == ssrc {
+							s.abr.onLoss(now, float64(r.FractionLost)/256)
+						}
+					}
+				}
+			case *rtcp.ReceiverEstimatedMaximumBitrate:
+				s.abr.onREMB(now, float64(p.Bitrate))
 			}
 		}
 	}
 }
 
-// write is the viewer's one writer: it drains both subscriptions, and once
-// a second checks the session's timers and drop counters.
+// abrTick is how often the writer consults the viewer's rendition choice.
+const abrTick = 100 * time.Millisecond
+
+// write is the viewer's one writer: it drains the subscriptions, switches
+// renditions at keyframes, pads probes, and checks the session's timers.
 func (s *session) write() {
 	defer s.wg.Done()
-	var vWake, aWake, vDone, aDone <-chan struct{}
-	if s.video != nil {
-		vWake, vDone = s.video.sub.Wake(), s.video.sub.Done()
-	}
-	if s.audio != nil {
-		aWake, aDone = s.audio.sub.Wake(), s.audio.sub.Done()
-	}
-	tick := time.NewTicker(time.Second)
+	defer func() {
+		for _, o := range []*output{s.video, s.audio} {
+			if o != nil {
+				o.close()
+			}
+		}
+		s.abr.closed(s)
+	}()
+	tick := time.NewTicker(abrTick)
 	defer tick.Stop()
 	// pion binds tracks once DTLS is up; until then the hubs queue for us,
 	// so the cached GOP that starts this viewer on a keyframe is not lost.
@@ -374,39 +426,81 @@ func (s *session) write() {
 	case <-s.heard:
 	case <-time.After(listenWait):
 	}
-	batch := make([]media.Entry, 0, 64)
+	buf := make([]media.Entry, 0, 64)
+	var probe *time.Ticker
+	var probeC <-chan time.Time
+	defer func() {
+		if probe != nil {
+			probe.Stop()
+		}
+	}()
+	ticks := 0
 	for {
-		var o *output
+		var vWake, vDone, nWake, aWake, aDone <-chan struct{}
+		if v := s.video; v != nil {
+			if v.sub != nil {
+				vWake, vDone = v.sub.Wake(), v.sub.Done()
+			}
+			if v.next != nil {
+				nWake = v.next.Wake()
+			}
+		}
+		if a := s.audio; a != nil {
+			aWake, aDone = a.sub.Wake(), a.sub.Done()
+		}
+		var n int
 		select {
 		case <-s.done:
 			return
-		case <-vDone:
+		case <-aDone:
 			s.log.Info("stream ended")
 			go s.Close()
 			return
-		case <-aDone:
-			go s.Close()
-			return
-		case <-vWake:
-			o = s.video
-		case <-aWake:
-			o = s.audio
-		case now := <-tick.C:
-			if reason := s.expired(now); reason != "" {
-				s.log.Warn("closing viewer", "reason", reason)
+		case <-vDone:
+			// The rung's hub closed: the ladder was re-planned, or the
+			// stream ended. Move to what the ladder has now.
+			s.video.pause()
+			if !s.abr.rungGone(time.Now(), s) {
+				s.log.Info("stream ended")
 				go s.Close()
 				return
 			}
-			continue
-		}
-		batch = o.sub.Pop(batch[:0])
-		for _, e := range batch {
-			if err := o.send(e); err != nil {
-				// The transport is closed; onState ends the session.
-				break
+		case <-vWake:
+			buf, n, _ = s.video.drain(buf)
+			s.abr.sent(time.Now(), n, s)
+		case <-nWake:
+			var switched bool
+			buf, switched, n, _ = s.video.trySwitch(buf)
+			now := time.Now()
+			s.abr.sent(now, n, s)
+			if switched {
+				s.abr.switched(now, s)
+			}
+		case <-aWake:
+			buf, n, _ = s.audio.drain(buf)
+			s.abr.onSent(time.Now(), n)
+		case now := <-probeC:
+			s.abr.pad(now, s.video)
+		case now := <-tick.C:
+			if s.video != nil {
+				probing := s.abr.tick(now, s)
+				switch {
+				case probing && probe == nil:
+					probe = time.NewTicker(padEvery)
+					probeC = probe.C
+				case !probing && probe != nil:
+					probe.Stop()
+					probe, probeC = nil, nil
+				}
+			}
+			if ticks++; ticks%10 == 0 {
+				if reason := s.expired(now); reason != "" {
+					s.log.Warn("closing viewer", "reason", reason)
+					go s.Close()
+					return
+				}
 			}
 		}
-		clear(batch)
 	}
 }
 
@@ -426,10 +520,8 @@ func (s *session) expired(now time.Time) string {
 		if o == nil {
 			continue
 		}
-		if d := o.sub.Dropped(); d > o.dropped {
-			o.drops.Add(float64(d - o.dropped))
-			s.log.Warn("viewer too slow; dropped packets", "kind", o.kind, "dropped", d-o.dropped)
-			o.dropped = d
+		if d := o.countDrops(); d > 0 {
+			s.log.Warn("viewer too slow; dropped packets", "kind", o.kind, "dropped", d)
 		}
 	}
 	return ""
@@ -439,8 +531,8 @@ func (s *session) expired(now time.Time) string {
 func (s *session) abort() {
 	s.pc.Close()
 	for _, o := range []*output{s.video, s.audio} {
-		if o != nil && o.sub != nil {
-			o.sub.Close()
+		if o != nil {
+			o.close()
 		}
 	}
 	s.wg.Wait()
@@ -452,11 +544,6 @@ func (s *session) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.done)
 		s.pc.Close()
-		for _, o := range []*output{s.video, s.audio} {
-			if o != nil {
-				o.sub.Close()
-			}
-		}
 		s.e.m.viewers.Dec()
 		if s.src.AddViewers != nil {
 			s.src.AddViewers(-1)
@@ -466,6 +553,6 @@ func (s *session) Close() error {
 		}
 		s.log.Info("viewer closed")
 	})
-	s.wg.Wait()
+	s.wg.Wait() // the writer closes its subscriptions as it returns
 	return nil
 }

@@ -30,6 +30,7 @@ func (discardWriter) Write([]byte) (int, error)                 { return 0, nil 
 func newOutput(w webrtc.TrackLocalWriter) *output {
 	o := &output{kind: "video", track: newLocalTrack(webrtc.RTPCodecTypeVideo, webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeH264})}
 	o.track.b.Store(&binding{ssrc: 1, pt: 102, w: w})
+	o.hub = media.NewHub(media.DefaultHubConfig(media.Video, "H264", 90000))
 	o.packets = prometheus.NewCounter(prometheus.CounterOpts{Name: "p"})
 	o.bytes = prometheus.NewCounter(prometheus.CounterOpts{Name: "b"})
 	return o
@@ -60,10 +61,13 @@ func TestSendClosesGapsAndMapsNACKsBack(t *testing.T) {
 		}
 	}
 	// NACKs name viewer numbers; retransmission needs the hub's.
-	for viewer, hub := range map[uint16]uint16{101: 101, 102: 102, 103: 500, 105: 502, 106: 503} {
-		if got := o.hubSeq(viewer); got != hub {
-			t.Errorf("hubSeq(%d) = %d, want %d", viewer, got, hub)
+	for viewer, hub := range map[uint16]uint16{101: 101, 102: 102, 103: 500, 106: 503} {
+		if e, ok := o.where(viewer); !ok || e.hseq != hub || e.hub != o.hub {
+			t.Errorf("viewer %d maps to hub seq %d (found %v), want %d", viewer, e.hseq, ok, hub)
 		}
+	}
+	if _, ok := o.where(105); ok {
+		t.Error("an upstream loss maps to a packet")
 	}
 }
 
@@ -96,3 +100,71 @@ func BenchmarkViewerSend(b *testing.B) {
 }
 
 var _ webrtc.TrackLocalWriter = (*captureWriter)(nil)
+
+// seqTSWriter records the header of every packet written.
+type seqTSWriter struct{ hdrs []rtp.Header }
+
+func (c *seqTSWriter) WriteRTP(h *rtp.Header, _ []byte) (int, error) {
+	c.hdrs = append(c.hdrs, *h)
+	return 0, nil
+}
+func (c *seqTSWriter) Write([]byte) (int, error) { return 0, nil }
+
+// TestSwitchAtKeyframe moves a viewer between two aligned rungs: the old
+// rung flows until the new one's keyframe, nothing of the old rung at or
+// after that instant is sent, and the viewer's sequence numbers and
+// timestamps stay continuous.
+func TestSwitchAtKeyframe(t *testing.T) {
+	w := &seqTSWriter{}
+	o := newOutput(w)
+	hi, lo := o.hub, media.NewHub(media.DefaultHubConfig(media.Video, "H264", 90000))
+	defer hi.Close()
+	defer lo.Close()
+	o.name = "720p"
+	o.sub = hi.Subscribe()
+	key := []byte{0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x02, 0x68, 0xce}
+	delta := []byte{0x41, 0x9a}
+	hsrc, lsrc := hi.NewSource(), lo.NewSource()
+	// Two rungs of one source: same timestamps, their own numbering, a
+	// keyframe every 4 frames.
+	frame := func(i int) {
+		pl := delta
+		if i%4 == 0 {
+			pl = key
+		}
+		hsrc.Write(&media.Packet{SequenceNumber: uint16(1000 + i), Timestamp: uint32(i * 3000), Marker: true, Payload: pl})
+		lsrc.Write(&media.Packet{SequenceNumber: uint16(50 + i), Timestamp: uint32(i * 3000), Marker: true, Payload: pl})
+	}
+	var buf []media.Entry
+	for i := range 6 {
+		frame(i)
+	}
+	buf, _, _ = o.drain(buf)
+	o.prepare(lo, "360p", false)
+	frame(6)
+	frame(7)
+	if _, switched, _, _ := o.trySwitch(buf); switched {
+		t.Fatal("switched before the low rung's keyframe")
+	}
+	buf, _, _ = o.drain(buf) // the high rung keeps flowing meanwhile
+	frame(8)                 // keyframe on both
+	buf, switched, _, err := o.trySwitch(buf)
+	if err != nil || !switched || o.name != "360p" || o.current() != lo {
+		t.Fatalf("switched=%v err=%v now on %s", switched, err, o.name)
+	}
+	frame(9)
+	o.drain(buf)
+	if len(w.hdrs) != 10 {
+		t.Fatalf("%d packets sent, want 10 (frames 0..9 once each)", len(w.hdrs))
+	}
+	for i, h := range w.hdrs {
+		if h.SequenceNumber != uint16(1000+i) || h.Timestamp != uint32(i*3000) {
+			t.Fatalf("packet %d: seq %d ts %d, want %d and %d", i, h.SequenceNumber, h.Timestamp, 1000+i, i*3000)
+		}
+	}
+	// A NACK for the first low-rung packet finds it in the low rung.
+	if e, ok := o.where(1008); !ok || e.hub != lo || e.hseq != 58 {
+		t.Fatalf("viewer 1008 maps to %+v", e)
+	}
+	o.close()
+}

@@ -452,8 +452,18 @@ func isKeyframe(payload []byte) bool {
 	switch payload[0] & 0x1f {
 	case 5, 7:
 		return true
-	case 24: // STAP-A: look at the first aggregated unit
-		return len(payload) > 3 && (payload[3]&0x1f == 7 || payload[3]&0x1f == 5)
+	case 24: // STAP-A: any aggregated SPS or IDR (an AUD may come first)
+		for b := payload[1:]; len(b) > 2; {
+			size := int(b[0])<<8 | int(b[1])
+			if size == 0 || 2+size > len(b) {
+				return false
+			}
+			if t := b[2] & 0x1f; t == 5 || t == 7 {
+				return true
+			}
+			b = b[2+size:]
+		}
+		return false
 	case 28: // FU-A start of an IDR
 		return payload[1]&0x80 != 0 && payload[1]&0x1f == 5
 	}

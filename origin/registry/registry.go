@@ -33,6 +33,9 @@ func DefaultConfig() Config {
 type Publisher interface {
 	// Source names the ingest protocol: "whip", "rtsp-publish", "rtsp-pull".
 	Source() string
+	// VideoCodec is the RTP encoding name of the video it writes to the
+	// stream's video hub: "H264" or "H265".
+	VideoCodec() string
 	// Close ends the publisher; it must call Registry.Unpublish (directly
 	// or later) and must not block on the registry's lock.
 	Close() error
@@ -56,6 +59,8 @@ type Stream struct {
 	publisher  Publisher
 	since      time.Time
 	graceEnd   time.Time // zero while published
+	holds      int       // Hold calls not yet released: the stream outlives its grace
+	held       string    // the source kind of the last holder, for the API
 	width      int
 	height     int
 	renditions []Rendition
@@ -130,11 +135,17 @@ func (s *Stream) Info() Info {
 	defer s.mu.Unlock()
 	i := Info{Name: s.Name, Since: s.since, Width: s.width, Height: s.height,
 		Viewers: s.viewers.Load(), Video: s.Video.Stats(), Audio: s.Audio.Stats()}
-	if s.publisher != nil {
+	switch {
+	case s.publisher != nil:
 		i.Source = s.publisher.Source()
+	case s.holds > 0:
+		i.Source = s.held // reconnecting
 	}
 	return i
 }
+
+// VideoCodec is the RTP encoding name of the stream's video hub.
+func (s *Stream) VideoCodec() string { return s.Video.Config().Codec }
 
 // Registry holds every stream of this node. Its methods are safe for
 // concurrent use; none blocks on network I/O.
@@ -174,20 +185,14 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) *Registry {
 
 // Publish makes p the publisher of name, creating the stream or taking it
 // over from its current publisher (which is closed; viewers stay).
+//
+// A publisher whose video codec differs from the stream's (an H.265 camera
+// taking over from an H.264 WHIP publisher) cannot continue its hubs: the
+// old stream ends, its viewers are closed (players reconnect), and a new
+// stream starts.
 func (r *Registry) Publish(name string, p Publisher) *Stream {
 	r.mu.Lock()
-	created := false
-	s := r.byName[name]
-	if s == nil {
-		s = &Stream{
-			Name:  name,
-			Video: media.NewHub(media.DefaultHubConfig(media.Video, "H264", 90000)),
-			Audio: media.NewHub(media.DefaultHubConfig(media.Audio, "opus", 48000)),
-		}
-		r.byName[name] = s
-		r.streams.Inc()
-		created = true
-	}
+	s, created, replaced := r.lookupOrCreate(name, p.VideoCodec())
 	s.mu.Lock()
 	old := s.publisher
 	s.publisher, s.since, s.graceEnd = p, time.Now(), time.Time{}
@@ -195,6 +200,19 @@ func (r *Registry) Publish(name string, p Publisher) *Stream {
 	s.mu.Unlock()
 	r.mu.Unlock()
 
+	if replaced != nil {
+		r.log.Warn("video codec changed: ending the stream so viewers reconnect", "stream", name,
+			"from", replaced.VideoCodec(), "to", p.VideoCodec())
+		replaced.mu.Lock()
+		rp := replaced.publisher
+		replaced.publisher, replaced.holds = nil, 0
+		replaced.mu.Unlock()
+		if rp != nil {
+			r.publishers.Dec()
+			rp.Close()
+		}
+		r.end(replaced)
+	}
 	if fn := r.onStart.Load(); created && fn != nil {
 		(*fn)(s)
 	}
@@ -210,6 +228,50 @@ func (r *Registry) Publish(name string, p Publisher) *Stream {
 		r.log.Info("stream published", "stream", name, "source", p.Source())
 	}
 	return s
+}
+
+// lookupOrCreate returns the stream called name with a video hub of codec,
+// creating it if needed. A stream of another codec is unlinked and returned
+// as replaced, for the caller to end. r.mu must be held.
+func (r *Registry) lookupOrCreate(name, codec string) (s *Stream, created bool, replaced *Stream) {
+	s = r.byName[name]
+	if s != nil && s.VideoCodec() == codec {
+		return s, false, nil
+	}
+	if s != nil {
+		replaced = s
+		r.streams.Dec()
+	}
+	s = &Stream{
+		Name:  name,
+		Video: media.NewHub(media.DefaultHubConfig(media.Video, codec, 90000)),
+		Audio: media.NewHub(media.DefaultHubConfig(media.Audio, "opus", 48000)),
+	}
+	r.byName[name] = s
+	r.streams.Inc()
+	return s, true, replaced
+}
+
+// Hold keeps s from ending while its publisher is away, until release is
+// called: a pull source holds its stream for as long as it keeps
+// reconnecting to its camera, so viewers stay attached however long that
+// takes. kind names the holder for the API ("rtsp-pull").
+func (r *Registry) Hold(s *Stream, kind string) (release func()) {
+	s.mu.Lock()
+	s.holds++
+	s.held = kind
+	s.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			s.holds--
+			if s.holds == 0 && s.publisher == nil {
+				s.graceEnd = time.Now().Add(r.cfg.GracePeriod)
+			}
+			s.mu.Unlock()
+		})
+	}
 }
 
 // Unpublish records that p left s. If p is still its publisher, the stream
@@ -270,7 +332,7 @@ func (r *Registry) sweep(now time.Time) {
 		switch {
 		case s.publisher != nil && now.Sub(time.Unix(0, s.lastMedia.Load())) > r.cfg.SilenceTimeout:
 			silent = append(silent, s.publisher)
-		case s.publisher == nil && !s.graceEnd.IsZero() && now.After(s.graceEnd):
+		case s.publisher == nil && s.holds == 0 && !s.graceEnd.IsZero() && now.After(s.graceEnd):
 			delete(r.byName, name)
 			ended = append(ended, s)
 		}

@@ -135,7 +135,8 @@ type session struct {
 	closed bool
 }
 
-func (s *session) Source() string { return "whip" }
+func (s *session) Source() string     { return "whip" }
+func (s *session) VideoCodec() string { return "H264" }
 
 func (s *session) onState(st webrtc.PeerConnectionState) {
 	switch st {

@@ -1,0 +1,353 @@
+package abr
+
+import (
+	"math"
+	"sync"
+	"testing"
+	"time"
+)
+
+// rig is an ideal link for unit tests: no queue, no feedback delay, a hard
+// capacity. The rung switches at once, the caller pads up to the probe's
+// rate, and the controller ticks every 100 ms.
+type rig struct {
+	c        *Controller
+	now      time.Time
+	capacity float64 // bit/s; 0: unlimited
+	gcc      float64 // fed before each tick if > 0
+	d        Decision
+	log      []Decision
+	step     int
+}
+
+func newRig(t testing.TB, cfg Config, lim Limits) *rig {
+	c, err := New(cfg, testLadder, lim, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.OnRTT(t0, 0)
+	r := &rig{c: c, now: t0}
+	r.d = c.Tick(t0)
+	return r
+}
+
+func (r *rig) run(d time.Duration) {
+	const dt = 0.01
+	for end := r.now.Add(d); r.now.Before(end); {
+		r.now = r.now.Add(10 * time.Millisecond)
+		media := (rateOf(testLadder, r.d.Target) + audioRate) * dt
+		total := media
+		if r.d.Probe.Active {
+			total = max(media, float64(r.d.Probe.Bitrate)*dt)
+		}
+		acked := total
+		if r.capacity > 0 {
+			acked = min(total, r.capacity*dt)
+		}
+		r.c.OnSent(r.now, int(media/8))
+		r.c.OnDelivered(r.now, int(acked/8), int(acked/packetBits)+1)
+		if r.step++; r.step%10 == 0 {
+			if r.gcc > 0 {
+				r.c.OnEstimate(r.now, r.gcc)
+			}
+			r.d = r.c.Tick(r.now)
+			r.log = append(r.log, r.d)
+		}
+	}
+}
+
+// hysteresis is the climbing rule on an ideal link whose capacity is
+// known: the next rung is taken only once a probe shows the link carries
+// next × (1+UpMargin), whatever GCC claims.
+var hysteresis = []struct {
+	name     string
+	capacity float64
+	gcc      float64
+	run      time.Duration
+	target   string
+	probing  int // 1: a probe is running at the end; 0: none; -1: either
+}{
+	{"no probe within up_hold of joining", 0, 20e6, 900 * time.Millisecond, "360p", 0},
+	{"a probe after up_hold", 0, 20e6, 1200 * time.Millisecond, "360p", 1},
+	{"climbs when the link carries 1.2 × the next rung", 1.25e6, 20e6, 3 * time.Second, "480p", -1},
+	{"stays when it carries 1.15 ×, though the rung would fit", 1.15e6, 20e6, 20 * time.Second, "360p", -1},
+	{"stays however high GCC's estimate, on the 360p link", 700e3, 1e9, 20 * time.Second, "360p", -1},
+	{"climbs rung by rung, a probe each, on a wide link", 0, 20e6, 4 * time.Second, "source", 0},
+	{"climbs with GCC silent", 0, 0, 4 * time.Second, "source", 0},
+	{"stops below the rung the link cannot carry", 5e6, 20e6, 30 * time.Second, "720p", -1},
+}
+
+func TestHysteresis(t *testing.T) {
+	for _, tc := range hysteresis {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, DefaultConfig(), Limits{})
+			r.capacity, r.gcc = tc.capacity, tc.gcc
+			r.run(tc.run)
+			probing := 0
+			if r.d.Probe.Active {
+				probing = 1
+			}
+			if r.d.Target != tc.target || (tc.probing >= 0 && probing != tc.probing) {
+				t.Fatalf("on %q, probing %v; want %q, probing %v", r.d.Target, probing, tc.target, tc.probing)
+			}
+			for _, d := range r.log {
+				if d.Changed && d.Reason != ReasonProbeOK {
+					t.Fatalf("switched to %q for %s: only probes may move a viewer here", d.Target, d.Reason)
+				}
+				if d.Probe.Active && float64(d.Probe.Bitrate) > 1.1*1.2*6e6 {
+					t.Fatalf("probe of %d bit/s", d.Probe.Bitrate)
+				}
+			}
+		})
+	}
+}
+
+// TestProbeRamps: a probe asks for (1+UpMargin) × 1.1 the next rung,
+// ramping up from what is delivered over its first quarter.
+func TestProbeRamps(t *testing.T) {
+	r := newRig(t, DefaultConfig(), Limits{})
+	r.capacity = 10e6
+	r.run(time.Second)
+	var rates []int
+	for r.d.Probe.Active || len(rates) == 0 {
+		if r.d.Probe.Active {
+			rates = append(rates, r.d.Probe.Bitrate)
+		}
+		r.run(100 * time.Millisecond)
+	}
+	want := int(1e6 * 1.2 * 1.1)
+	if rates[0] >= want || rates[len(rates)-1] != want {
+		t.Fatalf("probe rates %v, want a ramp to %d", rates, want)
+	}
+	for i := 1; i < len(rates); i++ {
+		if rates[i] < rates[i-1] {
+			t.Fatalf("probe rates %v go down", rates)
+		}
+	}
+}
+
+// TestProbeBackoff: while probes keep failing, the wait after each doubles
+// up to ProbeBackoffMax.
+func TestProbeBackoff(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.ProbeBackoffMax = 8 * time.Second
+	r := newRig(t, cfg, Limits{})
+	r.capacity = 640e3 // exactly 360p and its audio: every probe fails
+	var starts, ends []time.Time
+	active := false
+	for range 600 {
+		r.run(50 * time.Millisecond)
+		switch {
+		case r.d.Probe.Active && !active:
+			starts = append(starts, r.now)
+		case !r.d.Probe.Active && active:
+			ends = append(ends, r.now)
+		}
+		active = r.d.Probe.Active
+	}
+	want := []time.Duration{1, 2, 4, 8, 8}
+	if len(starts) < len(want)+1 {
+		t.Fatalf("%d probes", len(starts))
+	}
+	for i, w := range want {
+		if gap := starts[i+1].Sub(ends[i]); gap < w*time.Second || gap > w*time.Second+100*time.Millisecond {
+			t.Errorf("wait after failure %d: %v, want %vs", i+1, gap, w)
+		}
+	}
+	if s := r.c.Stats(); s.ProbesOK != 0 || s.Ups != 0 || s.Downs != 0 {
+		t.Errorf("stats %+v", s)
+	}
+}
+
+// TestDownAtOnce: a link that falls below the rung is seen within a
+// second by the acknowledgements alone, with GCC silent.
+func TestDownAtOnce(t *testing.T) {
+	r := newRig(t, DefaultConfig(), Limits{Pin: "720p"})
+	r.run(3 * time.Second)
+	r.c.Pin("auto")
+	r.capacity = 800e3
+	start := r.now
+	for r.d.Target != "360p" {
+		r.run(100 * time.Millisecond)
+		if r.now.Sub(start) > time.Second {
+			t.Fatalf("still on %q a second after the drop", r.d.Target)
+		}
+	}
+	if r.d.Reason != ReasonEstimateDrop {
+		t.Fatalf("reason %q", r.d.Reason)
+	}
+}
+
+// TestPauseAndResume: audio only below the lowest rung, counted, and video
+// back once a probe shows the lowest rung fits.
+func TestPauseAndResume(t *testing.T) {
+	r := newRig(t, DefaultConfig(), Limits{})
+	r.capacity = 100e3
+	r.run(5 * time.Second)
+	if r.d.Target != "" || r.d.Reason != ReasonAudioOnly {
+		t.Fatalf("on %q (%s), want audio only", r.d.Target, r.d.Reason)
+	}
+	r.capacity = 0
+	r.run(5 * time.Second)
+	s := r.c.Stats()
+	if s.AudioOnly != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+	resumed := false
+	for _, d := range r.log {
+		resumed = resumed || d.Reason == ReasonResume && d.Target == "240p"
+	}
+	if !resumed {
+		t.Fatal("no resume")
+	}
+}
+
+// TestHostileInputs: every input with every kind of garbage, interleaved
+// with ticks, never panics, never leaves the ladder and never reports a
+// non-finite estimate.
+func TestHostileInputs(t *testing.T) {
+	floats := []float64{0, -0.0, -1, 1e-300, math.NaN(), math.Inf(1), math.Inf(-1), math.Ldexp(1, 64), math.MaxFloat64, -math.MaxFloat64, math.SmallestNonzeroFloat64}
+	ints := []int{0, -1, math.MinInt, math.MaxInt, 1 << 40}
+	times := []time.Time{t0, t0.Add(-time.Hour), {}, time.Unix(1<<40, 0), t0.Add(time.Second)}
+	c, err := New(DefaultConfig(), testLadder, Limits{MaxHeight: -5, MaxBitrate: math.MinInt}, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(d Decision) {
+		t.Helper()
+		if d.Target != "" && rateOf(testLadder, d.Target) == 0 {
+			t.Fatalf("target %q", d.Target)
+		}
+		if math.IsNaN(d.Estimate) || math.IsInf(d.Estimate, 0) || d.Estimate < 0 {
+			t.Fatalf("estimate %v", d.Estimate)
+		}
+		if d.Probe.Bitrate < 0 {
+			t.Fatalf("probe %+v", d.Probe)
+		}
+	}
+	for _, now := range times {
+		for _, f := range floats {
+			c.OnEstimate(now, f)
+			c.OnREMB(now, f)
+			c.OnLoss(now, f)
+			check(c.Tick(now))
+		}
+		for _, n := range ints {
+			c.OnNACK(now, n)
+			c.OnDelivered(now, n, n)
+			c.OnSent(now, n)
+			c.OnRTT(now, time.Duration(n))
+			c.SetLimits(Limits{MaxHeight: n, MaxBitrate: n, Pin: "720p"})
+			check(c.Tick(now))
+			c.SetLimits(Limits{MaxHeight: n, MaxBitrate: n})
+			check(c.Tick(now))
+		}
+	}
+	// A ladder of garbage is as good as none.
+	c.SetLadder([]Rung{{Name: "", Bitrate: 1}, {Name: "x", Bitrate: -1}, {Name: "y", Bitrate: 0}})
+	if d := c.Tick(time.Unix(1<<40, 1)); d.Target != "" {
+		t.Fatalf("target %q from a garbage ladder", d.Target)
+	}
+	// More rungs than the controller keeps.
+	big := make([]Rung, 100)
+	for i := range big {
+		big[i] = Rung{Name: string(rune('A' + i)), Bitrate: 1000 * (i + 1)}
+	}
+	c.SetLadder(big)
+	c.Tick(time.Unix(1<<40, 2))
+}
+
+func TestConfigValidate(t *testing.T) {
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatal(err)
+	}
+	bad := []func(*Config){
+		func(c *Config) { c.StartBitrate = -1 },
+		func(c *Config) { c.UpMargin = 0 },
+		func(c *Config) { c.UpMargin = math.NaN() },
+		func(c *Config) { c.Headroom = -0.1 },
+		func(c *Config) { c.UpHold = -time.Second },
+		func(c *Config) { c.ProbeDuration = time.Millisecond },
+		func(c *Config) { c.ProbeBackoffMin = 0 },
+		func(c *Config) { c.ProbeBackoffMax = c.ProbeBackoffMin / 2 },
+		func(c *Config) { c.LossDown = 0 },
+		func(c *Config) { c.LossProbeMax = c.LossDown * 2 },
+	}
+	for i, f := range bad {
+		cfg := DefaultConfig()
+		f(&cfg)
+		if cfg.Validate() == nil {
+			t.Errorf("bad config %d passes", i)
+		}
+		if _, err := New(cfg, testLadder, Limits{}, t0); err == nil {
+			t.Errorf("New takes bad config %d", i)
+		}
+	}
+}
+
+// TestTickAllocs: the per-viewer tick and every input are free of
+// allocations, so thousands of viewers cost no garbage.
+func TestTickAllocs(t *testing.T) {
+	c, _ := New(DefaultConfig(), testLadder, Limits{}, t0)
+	now := t0
+	allocs := testing.AllocsPerRun(1000, func() {
+		now = now.Add(10 * time.Millisecond)
+		c.OnSent(now, 1000)
+		c.OnDelivered(now, 1000, 1)
+		c.OnEstimate(now, 2e6)
+		c.OnLoss(now, 0)
+		c.OnNACK(now, 1)
+		c.Tick(now)
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per tick", allocs)
+	}
+	c.SetLadder(testLadder) // reuses its slice
+	if a := testing.AllocsPerRun(100, func() { c.SetLadder(testLadder) }); a != 0 {
+		t.Fatalf("SetLadder: %v allocations", a)
+	}
+}
+
+func BenchmarkControllerTick(b *testing.B) {
+	c, _ := New(DefaultConfig(), testLadder, Limits{}, t0)
+	now := t0
+	b.ReportAllocs()
+	for b.Loop() {
+		now = now.Add(10 * time.Millisecond)
+		c.OnSent(now, 1000)
+		c.OnDelivered(now, 1000, 1)
+		c.OnEstimate(now, 2e6)
+		c.Tick(now)
+	}
+}
+
+// TestConcurrentUse: inputs from the RTCP goroutine and the writer while
+// another ticks (run with -race).
+func TestConcurrentUse(t *testing.T) {
+	c, _ := New(DefaultConfig(), testLadder, Limits{}, t0)
+	var wg sync.WaitGroup
+	for g := range 3 {
+		wg.Go(func() {
+			now := t0
+			for i := range 2000 {
+				now = now.Add(time.Millisecond)
+				switch g {
+				case 0:
+					c.OnDelivered(now, 1000, 1)
+					c.OnEstimate(now, float64(1e6+i))
+					c.OnNACK(now, 1)
+				case 1:
+					c.OnSent(now, 1000)
+					if i%500 == 0 {
+						c.SetLadder(testLadder)
+						c.Pin("auto")
+					}
+				case 2:
+					c.Tick(now)
+					c.Stats()
+				}
+			}
+		})
+	}
+	wg.Wait()
+}

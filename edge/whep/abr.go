@@ -1,0 +1,442 @@
+package whep
+
+import (
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cascade-cdn/cascade/edge/abr"
+	"github.com/cascade-cdn/cascade/wish"
+)
+
+// padEvery is how often a probing viewer's padding is topped up: often
+// enough that the probe is paced, not a burst every abrTick.
+const padEvery = 20 * time.Millisecond
+
+// maxEventSubs bounds a session's event streams (the handler also does).
+const maxEventSubs = 4
+
+// limits reads a viewer's bounds from the WHEP POST's query.
+func limits(q url.Values) (abr.Limits, error) {
+	lim := abr.Limits{Pin: q.Get("rendition")}
+	for _, f := range []struct {
+		key string
+		dst *int
+	}{{"max_height", &lim.MaxHeight}, {"max_bitrate", &lim.MaxBitrate}} {
+		v := q.Get(f.key)
+		if v == "" {
+			continue
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > 1<<30 {
+			return lim, wish.Errorf(400, "bad_query", "%s must be a whole number, got %.20q", f.key, v)
+		}
+		*f.dst = n
+	}
+	return lim, nil
+}
+
+func rendition(ladder []Rendition, name string) *Rendition {
+	for i := range ladder {
+		if ladder[i].Name == name {
+			return &ladder[i]
+		}
+	}
+	return nil
+}
+
+// rank is name's place in the ladder (0 is the best), or -1.
+func rank(ladder []Rendition, name string) int {
+	for i := range ladder {
+		if ladder[i].Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+func names(ladder []Rendition) []string {
+	out := make([]string, len(ladder))
+	for i, r := range ladder {
+		out[i] = r.Name
+	}
+	return out
+}
+
+// rungs turns renditions into the controller's ladder. A rung whose bit
+// rate is not known yet (the source's is measured after its first second)
+// is weighed at 1.5× the next rung, or 4 Mbps alone.
+func rungs(ladder []Rendition) []abr.Rung {
+	out := make([]abr.Rung, len(ladder))
+	for i, r := range ladder {
+		b := r.Bitrate
+		if b <= 0 {
+			b = 4_000_000
+			if i+1 < len(ladder) && ladder[i+1].Bitrate > 0 {
+				b = ladder[i+1].Bitrate * 3 / 2
+			}
+		}
+		out[i] = abr.Rung{Name: r.Name, Bitrate: b, Height: r.Height}
+	}
+	return out
+}
+
+// viewerABR is one viewer's rendition choice and what it tells the player.
+// The controller is safe for concurrent use; the rest is owned by the
+// writer goroutine, except ladder (guarded by mu for SetLayer).
+type viewerABR struct {
+	ctl *abr.Controller
+
+	mu     sync.Mutex
+	ladder []Rendition
+	pinned bool
+
+	reason      string // of the switch under way
+	ladderAt    time.Time
+	estimateAt  time.Time
+	pausedAt    time.Time // zero while video flows
+	firstFrame  bool
+	probeRate   int
+	probeSent   int // media bytes since the last padding top-up
+	lastStats   abr.Stats
+	lastEstimte float64
+}
+
+// estimator is the viewer's send-side bandwidth estimate (GCC), when the
+// engine provides one.
+type estimator interface{ TargetBitrate() int }
+
+// startABR sets up the viewer's choice and returns the rendition it starts on.
+func (s *session) startABR(ladder []Rendition, lim abr.Limits) (*Rendition, error) {
+	if len(ladder) == 1 {
+		lim.Pin = ladder[0].Name // nothing to choose: never pause for lack of a lower rung
+	}
+	now := time.Now()
+	ctl, err := abr.New(abr.DefaultConfig(), rungs(ladder), lim, now)
+	if err != nil {
+		return nil, err
+	}
+	s.abr.ctl, s.abr.ladder, s.abr.ladderAt = ctl, ladder, now
+	s.abr.pinned = lim.Pin != "" && lim.Pin != "auto"
+	d := ctl.Tick(now)
+	r := rendition(ladder, d.Target)
+	if r == nil {
+		r = &ladder[len(ladder)-1] // audio only from the start: join on the lowest
+	}
+	s.abr.reason = d.Reason
+	return r, nil
+}
+
+func (a *viewerABR) onNACK(now time.Time, n int) {
+	if a.ctl != nil {
+		a.ctl.OnNACK(now, n)
+	}
+}
+
+func (a *viewerABR) onLoss(now time.Time, f float64) {
+	if a.ctl != nil {
+		a.ctl.OnLoss(now, f)
+	}
+}
+
+func (a *viewerABR) onREMB(now time.Time, bps float64) {
+	if a.ctl != nil {
+		a.ctl.OnREMB(now, bps)
+	}
+}
+
+func (a *viewerABR) onSent(now time.Time, n int) {
+	if a.ctl != nil && n > 0 {
+		a.ctl.OnSent(now, n)
+		a.probeSent += n
+	}
+}
+
+// sent records video sent, and the viewer's time to first frame.
+func (a *viewerABR) sent(now time.Time, n int, s *session) {
+	if n > 0 && !a.firstFrame {
+		a.firstFrame = true
+		s.e.m.firstFrame.Observe(now.Sub(s.started).Seconds())
+	}
+	a.onSent(now, n)
+}
+
+// snapshot returns the ladder for SetLayer and the events.
+func (a *viewerABR) snapshot() ([]Rendition, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.ladder, a.pinned
+}
+
+// refresh takes the stream's ladder as it is now, with the source's
+// measured bit rate.
+func (a *viewerABR) refresh(now time.Time, s *session) {
+	a.ladderAt = now
+	l := s.src.ladder()
+	if len(l) == 0 {
+		return
+	}
+	old, _ := a.snapshot()
+	changed := len(l) != len(old)
+	for i := 0; !changed && i < len(l); i++ {
+		changed = l[i].Name != old[i].Name || l[i].Hub != old[i].Hub
+	}
+	a.mu.Lock()
+	a.ladder = l
+	if len(l) == 1 {
+		a.pinned = true
+	}
+	a.mu.Unlock()
+	if len(l) == 1 {
+		a.ctl.Pin(l[0].Name)
+	}
+	a.ctl.SetLadder(rungs(l))
+	if changed {
+		s.emit(s.layersEvent())
+	}
+}
+
+// tick runs the controller and acts on its decision. It reports whether a
+// probe wants padding.
+func (a *viewerABR) tick(now time.Time, s *session) bool {
+	if a.ctl == nil {
+		return false
+	}
+	if s.bwe != nil {
+		a.ctl.OnEstimate(now, float64(s.bwe.TargetBitrate()))
+	}
+	if now.Sub(a.ladderAt) >= time.Second {
+		a.refresh(now, s)
+	}
+	d := a.ctl.Tick(now)
+	a.lastEstimte = d.Estimate
+	a.apply(now, d, s)
+	if now.Sub(a.estimateAt) >= time.Second {
+		a.estimateAt = now
+		s.e.m.estimate.Observe(d.Estimate)
+		s.emit(wish.EstimateEvent{BPS: int64(d.Estimate), Rendition: s.video.name}.Event())
+		a.countProbes(s)
+	}
+	a.probeRate = 0
+	if d.Probe.Active && now.Before(d.Probe.Until) {
+		a.probeRate = d.Probe.Bitrate
+	}
+	return a.probeRate > 0
+}
+
+// apply starts, redirects or cancels a switch toward d.Target.
+func (a *viewerABR) apply(now time.Time, d abr.Decision, s *session) {
+	v := s.video
+	switch {
+	case d.Target == "":
+		if v.sub != nil || v.next != nil {
+			from := v.name
+			v.pause()
+			a.pausedAt = now
+			s.holdRung("")
+			s.e.m.audioOnly.Inc()
+			s.e.m.switches.WithLabelValues("down", d.Reason).Inc()
+			s.emit(wish.VideoEvent{Paused: true, Reason: d.Reason}.Event())
+			s.emit(wish.SwitchEvent{From: from, To: "", Reason: d.Reason, Estimate: int64(d.Estimate)}.Event())
+			s.log.Info("video paused", "from", from, "reason", d.Reason, "estimate", int64(d.Estimate))
+		}
+	case d.Target == v.name && v.sub != nil:
+		v.cancel()
+	case d.Target == v.nextFor:
+		// waiting for its keyframe
+	default:
+		l, _ := a.snapshot()
+		r := rendition(l, d.Target)
+		if r == nil {
+			return
+		}
+		// Going down, or resuming, should not wait for the keyframe clock.
+		early := v.name == "" || rank(l, r.Name) > rank(l, v.name)
+		v.prepare(r.Hub, r.Name, early)
+		a.reason = d.Reason
+	}
+}
+
+// switched runs once the video moved to a new rung at its keyframe.
+func (a *viewerABR) switched(now time.Time, s *session) {
+	v := s.video
+	l, _ := a.snapshot()
+	from := ""
+	dir := "up"
+	if !a.pausedAt.IsZero() {
+		s.e.m.pausedSeconds.Add(now.Sub(a.pausedAt).Seconds())
+		a.pausedAt = time.Time{}
+		s.emit(wish.VideoEvent{Paused: false, Reason: abr.ReasonResume}.Event())
+	}
+	// The previous rung is the one whose viewer gauge we hold.
+	from = s.heldRung
+	if rank(l, v.name) > rank(l, from) && from != "" {
+		dir = "down" // the ladder is best first
+	}
+	s.holdRung(v.name)
+	s.e.m.switches.WithLabelValues(dir, a.reason).Inc()
+	s.emit(wish.SwitchEvent{From: from, To: v.name, Reason: a.reason, Estimate: int64(a.lastEstimte)}.Event())
+	s.log.Debug("rendition switched", "from", from, "to", v.name, "reason", a.reason, "estimate", int64(a.lastEstimte))
+}
+
+// rungGone handles the current rung's hub closing under the viewer: if the
+// stream still has renditions, the viewer moves to the controller's choice
+// among them. It reports false when the stream has none left.
+func (a *viewerABR) rungGone(now time.Time, s *session) bool {
+	if a.ctl == nil {
+		return false
+	}
+	a.refresh(now, s)
+	l, _ := a.snapshot()
+	a.apply(now, a.ctl.Tick(now), s)
+	if s.video.next == nil && len(l) > 0 { // the choice was the rung that just went
+		r := &l[len(l)-1]
+		s.video.prepare(r.Hub, r.Name, true)
+		a.reason = abr.ReasonLadder
+	}
+	if s.video.next == nil {
+		return false // every hub is closed: the stream ended
+	}
+	a.pausedAt = now
+	return true
+}
+
+// pad tops the sending rate up to the probe's with padding packets, paced
+// every padEvery.
+func (a *viewerABR) pad(now time.Time, v *output) {
+	if a.probeRate <= 0 || v == nil {
+		return
+	}
+	want := a.probeRate / 8 * int(padEvery/time.Millisecond) / 1000
+	if want > a.probeSent {
+		v.padding(want - a.probeSent)
+	}
+	a.probeSent = 0
+}
+
+// countProbes moves the controller's probe and switch counts to metrics.
+func (a *viewerABR) countProbes(s *session) {
+	st := a.ctl.Stats()
+	if d := st.ProbesOK - a.lastStats.ProbesOK; d > 0 {
+		s.e.m.probes.WithLabelValues("ok").Add(float64(d))
+	}
+	if d := st.ProbesFailed - a.lastStats.ProbesFailed; d > 0 {
+		s.e.m.probes.WithLabelValues("failed").Add(float64(d))
+	}
+	a.lastStats = st
+}
+
+// closed releases the viewer's metrics.
+func (a *viewerABR) closed(s *session) {
+	if a.ctl == nil {
+		return
+	}
+	s.holdRung("")
+	a.countProbes(s)
+	s.evMu.Lock()
+	for ch := range s.evSubs {
+		close(ch)
+		delete(s.evSubs, ch)
+	}
+	s.evMu.Unlock()
+}
+
+// holdRung moves the viewer's count in the viewers-per-rung gauge to
+// name ("" for none). It keeps the gauge child it incremented, so a viewer
+// that outlives its stream's series (deleted when the stream ends) does
+// not bring them back.
+func (s *session) holdRung(name string) {
+	if s.rungGauge != nil {
+		s.rungGauge.Dec()
+		s.rungGauge = nil
+	}
+	s.heldRung = name
+	if name != "" {
+		s.rungGauge = s.e.m.rungViewers.WithLabelValues(s.stream, name)
+		s.rungGauge.Inc()
+	}
+}
+
+// layersEvent describes the ladder and the viewer's place on it.
+func (s *session) layersEvent() wish.Event {
+	l, pinned := s.abr.snapshot()
+	ev := wish.LayersEvent{Renditions: make([]wish.Layer, 0, len(l)), Pinned: pinned}
+	for _, r := range l {
+		ev.Renditions = append(ev.Renditions, wish.Layer{Name: r.Name, Width: r.Width, Height: r.Height, Bitrate: int64(r.Bitrate)})
+	}
+	ev.Current = s.heldRungName()
+	return ev.Event()
+}
+
+func (s *session) heldRungName() string {
+	s.evMu.Lock()
+	defer s.evMu.Unlock()
+	return s.heldName
+}
+
+// emit sends ev to every event stream without blocking: a stream that is
+// full loses the event (the next "layers" or "estimate" catches it up).
+func (s *session) emit(ev wish.Event) {
+	s.evMu.Lock()
+	defer s.evMu.Unlock()
+	if ev.Name == wish.EventSwitch {
+		s.heldName = ev.Data.(wish.SwitchEvent).To
+	}
+	for ch := range s.evSubs {
+		select {
+		case ch <- ev:
+		default:
+			s.e.m.eventsDropped.Inc()
+		}
+	}
+}
+
+// Subscribe implements wish.EventSource.
+func (s *session) Subscribe() (<-chan wish.Event, func()) {
+	ch := make(chan wish.Event, 16)
+	first := s.layersEvent()
+	s.evMu.Lock()
+	select {
+	case <-s.done:
+		s.evMu.Unlock()
+		close(ch)
+		return ch, func() {}
+	default:
+	}
+	if len(s.evSubs) >= maxEventSubs {
+		s.evMu.Unlock()
+		close(ch)
+		return ch, func() {}
+	}
+	ch <- first
+	s.evSubs[ch] = struct{}{}
+	s.evMu.Unlock()
+	return ch, func() {
+		s.evMu.Lock()
+		delete(s.evSubs, ch)
+		s.evMu.Unlock()
+	}
+}
+
+// SetLayer implements wish.Layered: pin a rendition, or "auto".
+func (s *session) SetLayer(name string) error {
+	if s.abr.ctl == nil {
+		return wish.Errorf(404, "no_video", "this session has no video")
+	}
+	l, _ := s.abr.snapshot()
+	if name != "auto" && rendition(l, name) == nil {
+		return wish.Errorf(404, "unknown_rendition", "no rendition %q; this stream has: %s", name, strings.Join(names(l), ", "))
+	}
+	if len(l) == 1 && name == "auto" {
+		return nil // one rung: it stays pinned
+	}
+	s.abr.mu.Lock()
+	s.abr.pinned = name != "auto"
+	s.abr.mu.Unlock()
+	s.abr.ctl.Pin(name)
+	s.log.Info("rendition chosen by the viewer", "rendition", name)
+	s.emit(s.layersEvent())
+	return nil
+}

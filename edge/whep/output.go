@@ -1,0 +1,302 @@
+package whep
+
+import (
+	"sync"
+	"time"
+
+	"github.com/pion/rtp"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cascade-cdn/cascade/media"
+)
+
+// A viewer's writer sends at most burstPackets back to back, then waits
+// burstGap: about 100 Mbps, far above any stream, yet slow enough that a
+// joining viewer's GOP burst (hundreds of packets) does not overflow its
+// receive buffer or a slow link's queue.
+const (
+	burstPackets = 32
+	burstGap     = 3 * time.Millisecond
+)
+
+// sentRing remembers which hub packet each recent viewer sequence number
+// carried, so a NACK is answered from the right rung's shared buffer even
+// across a switch. It is as long as the hubs' retransmission buffers need:
+// older packets are gone from them anyway.
+const sentRing = 512
+
+type sent struct {
+	hub   *media.Hub
+	tsOff uint32
+	hseq  uint16
+	vseq  uint16
+	valid bool
+}
+
+// output is one track of one viewer. The viewer's numbering follows the
+// hub's, shifted by an offset that changes only where Cascade made a gap on
+// purpose (the hub resynced this viewer at a keyframe, or the viewer moved
+// to another rung), so those never show as losses, while an upstream loss
+// stays visible and the viewer can NACK it or ask for a keyframe.
+type output struct {
+	kind  string
+	track *localTrack
+
+	// Owned by the writer goroutine.
+	sub     *media.Subscriber
+	name    string // the rendition being sent ("" for audio)
+	next    *media.Subscriber
+	nextHub *media.Hub
+	nextFor string // the rendition next leads to
+	seq     uint16 // the viewer sequence number after the last written
+	off     uint16 // viewer sequence number = hub's + off
+	rebase  bool   // the next packet starts a new run: recompute off
+	tsOff   uint32 // viewer timestamp = hub timestamp + tsOff
+	lastTS  uint32 // last viewer timestamp written
+	begun   bool
+	dropped uint64
+	hdr     rtp.Header
+
+	pad []byte // a padding-only payload, made on first use
+
+	mu   sync.Mutex // guards ring and hub, for the RTCP reader
+	hub  *media.Hub // the hub being sent
+	ring [sentRing]sent
+
+	packets, bytes, drops prometheus.Counter
+}
+
+// current returns the hub being sent, for keyframe requests.
+func (o *output) current() *media.Hub {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.hub
+}
+
+// where maps a viewer sequence number back to the hub and hub sequence
+// number of the packet it carried.
+func (o *output) where(vseq uint16) (sent, bool) {
+	o.mu.Lock()
+	e := o.ring[vseq%sentRing]
+	o.mu.Unlock()
+	return e, e.valid && e.vseq == vseq && e.hub != nil
+}
+
+// lookup returns the hub packet a viewer sequence number carried and the
+// timestamp offset it was sent with, if its hub still has it.
+func (o *output) lookup(vseq uint16) (*media.Packet, uint32) {
+	e, ok := o.where(vseq)
+	if !ok {
+		return nil, 0
+	}
+	return e.hub.Retransmit(e.hseq), e.tsOff
+}
+
+// countDrops adds what the current subscription dropped since last asked
+// to the metric, and reports it.
+func (o *output) countDrops() uint64 {
+	if o.sub == nil {
+		return 0
+	}
+	d := o.sub.Dropped()
+	if d <= o.dropped {
+		return 0
+	}
+	n := d - o.dropped
+	o.drops.Add(float64(n))
+	o.dropped = d
+	return n
+}
+
+// retire closes the current subscription, counting its last drops.
+func (o *output) retire() {
+	if o.sub != nil {
+		o.countDrops()
+		o.sub.Close()
+		o.sub, o.dropped = nil, 0
+	}
+}
+
+// send writes one queued hub packet.
+func (o *output) send(e media.Entry) error {
+	p := e.Packet
+	if !o.begun {
+		o.off = 0 // the first run keeps the hub's numbering
+	} else if e.Resync || o.rebase {
+		o.off = o.seq - p.SequenceNumber
+	}
+	o.rebase = false
+	seq := p.SequenceNumber + o.off
+	o.seq = seq + 1
+	ts := p.Timestamp + o.tsOff
+	o.hdr = rtp.Header{Version: 2, Marker: p.Marker, SequenceNumber: seq, Timestamp: ts}
+	o.lastTS, o.begun = ts, true
+	o.mu.Lock()
+	o.ring[seq%sentRing] = sent{hub: o.hub, tsOff: o.tsOff, hseq: p.SequenceNumber, vseq: seq, valid: true}
+	o.mu.Unlock()
+	o.packets.Inc()
+	o.bytes.Add(float64(len(p.Payload)))
+	return o.track.write(&o.hdr, p.Payload)
+}
+
+// padMax is the most padding one RTP packet can carry (its count is a byte).
+const padMax = 255
+
+// padding sends padding-only packets (RFC 3550 5.1, as libwebrtc probes
+// without RTX) worth about n bytes, at most maxPad packets. They take
+// sequence numbers of their own, so the offset moves past them; a receiver
+// drops them after counting them for transport-wide feedback (a duplicate
+// of a media packet would not do: SRTP's replay check drops it first). It
+// reports the bytes sent.
+func (o *output) padding(n int) int {
+	if !o.begun {
+		return 0
+	}
+	if o.pad == nil {
+		o.pad = make([]byte, padMax)
+		o.pad[padMax-1] = padMax
+	}
+	sent := 0
+	for i := 0; sent < n && i < maxPad; i++ {
+		seq := o.seq
+		o.seq++
+		o.off++
+		o.mu.Lock()
+		o.ring[seq%sentRing] = sent0
+		o.mu.Unlock()
+		h := rtp.Header{Version: 2, Padding: true, SequenceNumber: seq, Timestamp: o.lastTS}
+		if o.track.write(&h, o.pad) != nil {
+			break
+		}
+		sent += padMax + 12
+	}
+	return sent
+}
+
+// maxPad bounds the padding packets of one top-up (padEvery): 40 × 267
+// bytes each 20 ms is 4.3 Mbps of probe on top of the media.
+const maxPad = 40
+
+var sent0 sent
+
+// drain sends everything queued on the current subscription, spreading
+// bursts. It reports the bytes sent.
+func (o *output) drain(buf []media.Entry) ([]media.Entry, int, error) {
+	if o.sub == nil {
+		return buf, 0, nil
+	}
+	buf = o.sub.Pop(buf[:0])
+	n := 0
+	var err error
+	for i, e := range buf {
+		if i > 0 && i%burstPackets == 0 {
+			time.Sleep(burstGap)
+		}
+		if err = o.send(e); err != nil {
+			break // the transport is closed; onState ends the session
+		}
+		n += len(e.Packet.Payload) + 12
+	}
+	clear(buf)
+	return buf, n, err
+}
+
+// prepare starts a switch to hub (rendition name): it is subscribed from
+// its next keyframe, and the current rung keeps flowing until then.
+func (o *output) prepare(hub *media.Hub, name string, early bool) {
+	if o.next != nil {
+		if o.nextHub == hub {
+			return
+		}
+		o.next.Close()
+	}
+	o.next, o.nextHub, o.nextFor = nil, nil, ""
+	sub := hub.SubscribeLive()
+	if sub == nil {
+		return // the hub closed meanwhile
+	}
+	o.next, o.nextHub, o.nextFor = sub, hub, name
+	if early {
+		// Aligned rungs share one keyframe clock; asking moves every
+		// rung's next IDR earlier (coalesced per stream by the hub).
+		hub.RequestKeyframe()
+	}
+}
+
+// cancel drops a pending switch.
+func (o *output) cancel() {
+	if o.next != nil {
+		o.next.Close()
+		o.next, o.nextHub, o.nextFor = nil, nil, ""
+	}
+}
+
+// pause stops the video: what is queued is dropped.
+func (o *output) pause() {
+	o.cancel()
+	o.retire()
+	o.name = ""
+}
+
+// trySwitch completes a pending switch once the target rung's keyframe is
+// queued: the old rung's frames before that instant are sent, the rest of
+// it dropped, and the viewer continues on the new rung with continuous
+// sequence numbers and timestamps. It reports whether it switched, and
+// the bytes sent.
+func (o *output) trySwitch(buf []media.Entry) ([]media.Entry, bool, int, error) {
+	if o.next == nil {
+		return buf, false, 0, nil
+	}
+	buf = o.next.Pop(buf[:0])
+	if len(buf) == 0 {
+		return buf, false, 0, nil
+	}
+	at := buf[0].Packet.Timestamp // a keyframe: SubscribeLive starts on one
+	n := 0
+	if o.sub != nil {
+		// Rungs carry the source's timestamps, so "before the keyframe"
+		// means the same instant on every rung.
+		old := o.sub.Pop(nil)
+		for _, e := range old {
+			if int32(e.Packet.Timestamp-at) < 0 {
+				if err := o.send(e); err != nil {
+					return buf, false, n, err
+				}
+				n += len(e.Packet.Payload) + 12
+			}
+		}
+		o.retire()
+	}
+	if o.begun {
+		// Keep the viewer's clock continuous if the new rung's numbering
+		// differs (a rung rebuilt after a resolution change, or a source
+		// rung that is not aligned): continue one frame after the last.
+		if d := int32(at + o.tsOff - o.lastTS); d <= 0 || d > 90000 {
+			o.tsOff = o.lastTS + 3000 - at
+		}
+	}
+	o.mu.Lock()
+	o.hub = o.nextHub
+	o.mu.Unlock()
+	o.sub, o.name = o.next, o.nextFor
+	o.next, o.nextHub, o.nextFor = nil, nil, ""
+	o.rebase = true // the new rung's numbering continues the viewer's
+	var err error
+	for i, e := range buf {
+		if i > 0 && i%burstPackets == 0 {
+			time.Sleep(burstGap)
+		}
+		if err = o.send(e); err != nil {
+			break
+		}
+		n += len(e.Packet.Payload) + 12
+	}
+	clear(buf)
+	return buf, true, n, err
+}
+
+// close ends both subscriptions.
+func (o *output) close() {
+	o.cancel()
+	o.retire()
+}
