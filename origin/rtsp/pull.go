@@ -100,6 +100,7 @@ type Pulls struct {
 	state      *prometheus.GaugeVec
 	reconnects *prometheus.CounterVec
 	bytes      *prometheus.CounterVec
+	sessions   prometheus.Gauge // connected pulls
 
 	byName map[string]*puller
 	stop   chan struct{}
@@ -120,7 +121,8 @@ func NewPulls(srcs map[string]SourceConfig, reg *registry.Registry, pr prometheu
 	}
 	ps.bytes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cascade_rtsp_pull_bytes_total",
 		Help: "RTP payload bytes received from pull sources, by stream and kind."}, []string{"stream", "kind"})
-	pr.MustRegister(ps.state, ps.reconnects, ps.bytes)
+	ps.sessions = prometheus.NewGauge(prometheus.GaugeOpts{Name: "cascade_rtsp_pull_sessions", Help: "Pull sources connected to their camera."})
+	pr.MustRegister(ps.state, ps.reconnects, ps.bytes, ps.sessions)
 	for name, c := range srcs {
 		u, err := c.check(name)
 		if err != nil {
@@ -412,6 +414,8 @@ func (p *puller) play(c *gortsplib.Client, ch choice, h *hold, published func(),
 		return err
 	}
 	p.setState("running")
+	p.ps.sessions.Inc()
+	defer p.ps.sessions.Dec()
 	p.log.Info("pull source playing", "codec", ch.codec(), "audio", formatName(ch.audioForma), "transport", p.cfg.Transport)
 	published()
 	waited := make(chan error, 1)

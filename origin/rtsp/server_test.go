@@ -114,6 +114,12 @@ const h264SDP = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\nm=video 0 RT
 // every 33 ms to name, until the test ends.
 func publishH264(t *testing.T, s *Server, name string) {
 	t.Helper()
+	publishH264As(t, s, "", name)
+}
+
+// publishH264As is publishH264 with credentials ("user:pass@" or "").
+func publishH264As(t *testing.T, s *Server, userinfo, name string) {
+	t.Helper()
 	forma := &format.H264{PayloadTyp: 96, PacketizationMode: 1}
 	medi := &description.Media{Type: description.MediaTypeVideo, Formats: []format.Format{forma}}
 	tcp := gortsplib.ProtocolTCP
@@ -122,7 +128,7 @@ func publishH264(t *testing.T, s *Server, name string) {
 	if s.gs.TLSConfig != nil {
 		c.TLSConfig, scheme = &tls.Config{InsecureSkipVerify: true}, "rtsps://"
 	}
-	if err := c.StartRecording(scheme+s.Addr().String()+"/"+name, &description.Session{Medias: []*description.Media{medi}}); err != nil {
+	if err := c.StartRecording(scheme+userinfo+s.Addr().String()+"/"+name, &description.Session{Medias: []*description.Media{medi}}); err != nil {
 		t.Fatal(err)
 	}
 	enc, _ := forma.CreateEncoder()
@@ -235,6 +241,16 @@ func TestBadRequests(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(s.m.refused.WithLabelValues("auth")); got < 2 {
 		t.Errorf("auth refusals %v, want >= 2", got)
+	}
+}
+
+// TestPublishWithKey: a keyed stream takes its key as the password of user
+// "publish" (gortsplib answers the first try with a Digest challenge).
+func TestPublishWithKey(t *testing.T) {
+	s, reg := startServer(t)
+	publishH264As(t, s, "publish:k3y@", "keyed")
+	if st := reg.Get("keyed"); st == nil || st.Info().Source != "rtsp-publish" {
+		t.Fatal("a publisher with the right key is not live")
 	}
 }
 
