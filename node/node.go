@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 
 	"github.com/cascade-cdn/cascade/api"
 	"github.com/cascade-cdn/cascade/cluster"
+	"github.com/cascade-cdn/cascade/edge/relay"
 	"github.com/cascade-cdn/cascade/edge/whep"
 	"github.com/cascade-cdn/cascade/origin/auth"
 	"github.com/cascade-cdn/cascade/origin/registry"
@@ -46,6 +48,7 @@ type Config struct {
 	// Sources are cameras and other RTSP servers to pull, by stream name.
 	Sources map[string]rtsp.SourceConfig `yaml:"sources"`
 	Cluster cluster.Config               `yaml:"cluster"`
+	Relay   RelayConfig                  `yaml:"relay"`
 	// Pprof serves Go's profiler under /debug/pprof/ on the HTTP port.
 	// Off by default: profiles reveal internals.
 	Pprof bool `yaml:"pprof"`
@@ -64,6 +67,7 @@ func DefaultConfig() Config {
 		Transcode: transcode.DefaultConfig(),
 		RTSP:      rtsp.DefaultConfig(),
 		Sources:   map[string]rtsp.SourceConfig{},
+		Relay:     RelayConfig{IdleTimeout: 30 * time.Second},
 	}
 }
 
@@ -103,6 +107,12 @@ func (c Config) Validate() error {
 	if err := rtsp.ValidateSources(c.Sources); err != nil {
 		return err
 	}
+	if c.Relay.Parent != "" && !strings.HasPrefix(c.Relay.Parent, "rtsp://") && !strings.HasPrefix(c.Relay.Parent, "rtsps://") {
+		return fmt.Errorf("relay.parent: %q is not an rtsp:// or rtsps:// address", c.Relay.Parent)
+	}
+	if c.Relay.IdleTimeout < time.Second {
+		return errors.New("relay.idle_timeout must be at least 1s")
+	}
 	for name := range c.Auth.PublishKeys {
 		if !wish.ValidStreamName(name) {
 			return fmt.Errorf("auth.publish_keys: %q is not a valid stream name", name)
@@ -113,18 +123,19 @@ func (c Config) Validate() error {
 
 // Node is a running all-in-one node.
 type Node struct {
-	cfg   Config
-	log   *slog.Logger
-	eng   *peer.Engine
-	reg   *registry.Registry
-	whip  *wish.Handler
-	whep  *wish.Handler
-	api   *api.API
-	tc    *transcoders
-	rtsp  *rtsp.Server // nil when RTSP is off
-	pulls *rtsp.Pulls
-	ln    net.Listener
-	srv   *http.Server
+	cfg    Config
+	log    *slog.Logger
+	eng    *peer.Engine
+	reg    *registry.Registry
+	whip   *wish.Handler
+	whep   *wish.Handler
+	api    *api.API
+	tc     *transcoders
+	rtsp   *rtsp.Server // nil when RTSP is off
+	pulls  *rtsp.Pulls
+	relays *relays
+	ln     net.Listener
+	srv    *http.Server
 
 	closeOnce sync.Once
 	served    chan struct{}
@@ -163,7 +174,8 @@ func New(cfg Config, log *slog.Logger) (n *Node, err error) {
 		}
 		n.pulls.SetReaders(n.rtsp.RelayReaders)
 	}
-	playback := whep.New(n.eng, streams{n.reg, n.pulls}, pr, log)
+	n.relays = newRelays(cfg.Relay, cfg.Cluster.Secret, relay.NewMetrics(pr), log)
+	playback := whep.New(n.eng, streams{n.reg, n.pulls, n.relays}, pr, log)
 	n.tc = &transcoders{cfg: cfg.Transcode, m: transcode.NewMetrics(pr), log: log, running: map[string]*transcode.Pipeline{}}
 	if cfg.Transcode.Enabled {
 		n.reg.OnStart(n.tc.start)
@@ -252,6 +264,9 @@ func (n *Node) Close() error {
 			n.rtsp.Close()
 		}
 		n.pulls.Close()
+		if n.relays != nil {
+			n.relays.close()
+		}
 		if n.reg != nil {
 			n.reg.Close()
 		}
@@ -274,8 +289,9 @@ func (n *Node) Close() error {
 // streams adapts the registry to what WHEP needs, so edge code never
 // imports origin code.
 type streams struct {
-	reg   *registry.Registry
-	pulls *rtsp.Pulls // starts on-demand cameras
+	reg    *registry.Registry
+	pulls  *rtsp.Pulls // starts on-demand cameras
+	relays *relays     // streams read from a parent node
 }
 
 func (s streams) Lookup(name string) (whep.Source, bool) {
@@ -284,7 +300,7 @@ func (s streams) Lookup(name string) (whep.Source, bool) {
 		st = s.reg.Get(name)
 	}
 	if st == nil {
-		return whep.Source{}, false
+		return s.relays.lookup(name)
 	}
 	video := st.Video // without a transcoder, "source" is the publisher's hub
 	if video.Config().Codec != "H264" {

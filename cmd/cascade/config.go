@@ -88,6 +88,8 @@ var helps = map[string]string{
 	"rtsp.read_timeout":           "close RTSP sessions silent for this long",
 	"sources":                     "cameras to pull, by stream name (YAML only: name: {url, on_demand, transport: tcp|udp, idle_timeout} or name: URL)",
 	"cluster.secret":              "shared secret: relay reads (RTSP user cascade) and, later, gossip encryption",
+	"relay.parent":                "RTSP address of the node to relay streams from that this node does not carry (rtsp://origin:8554)",
+	"relay.idle_timeout":          "drop a relayed stream this long after its last viewer left",
 	"log.level":                   "debug, info, warn or error",
 	"log.format":                  "text or json",
 }
