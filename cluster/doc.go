@@ -1,6 +1,29 @@
-// Package cluster will hold gossip membership (hashicorp/memberlist), node
-// metadata and load, the stream directory, and the choice of edge or parent
-// behind WHIP/WHEP redirects.
+// Package cluster joins Cascade nodes into one CDN over gossip
+// (hashicorp/memberlist): who is alive, what each node is (origin or edge,
+// addresses, region, load), which node carries which stream, and where a
+// viewer, a publisher or a relay should go. There is no central store: every
+// node holds the whole picture and answers for the whole cluster.
 //
-// Not built yet (issue 6): today `cascade` runs one all-in-one node.
+// What lives where:
+//
+//   - config.go: Config (key "cluster"), its defaults and validation, the
+//     gossip key derived from cluster.secret, and the timing profiles.
+//   - cluster.go: Cluster, started with Start: background join with
+//     backoff, load refresh and heartbeat, snapshot repair, Members, View,
+//     Leave and Close.
+//   - delegate.go: the memberlist.Delegate and EventDelegate, and what the
+//     node does with each message and membership event.
+//   - meta.go: node metadata (Meta, Load) and its compact, versioned
+//     encoding, which always fits memberlist's 512 bytes.
+//   - directory.go: the stream directory, with per-owner (epoch, seq)
+//     versions; message.go: its broadcasts, snapshots and push/pull state;
+//     wire.go: the bounded binary reader and writer under both.
+//   - member.go: Member and View, the JSON of GET /v1/cluster.
+//   - placement.go: pure placement: PlaceViewer, PlacePublisher, PickEdge,
+//     PickOrigin, and the relay Tree (rendezvous hashing).
+//   - metrics.go and log.go: Prometheus metrics, and memberlist's log
+//     lines in slog, with refused peers counted.
+//
+// docs/cluster.md describes the design, the measured convergence and the
+// plan for a million viewers.
 package cluster

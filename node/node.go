@@ -68,7 +68,14 @@ func DefaultConfig() Config {
 		RTSP:      rtsp.DefaultConfig(),
 		Sources:   map[string]rtsp.SourceConfig{},
 		Relay:     RelayConfig{IdleTimeout: 30 * time.Second},
+		Cluster:   defaultCluster(),
 	}
+}
+
+func defaultCluster() cluster.Config {
+	c := cluster.DefaultConfig()
+	c.Join = []string{}
+	return c
 }
 
 // TestConfig listens on loopback on ports the system picks, with timers
@@ -110,6 +117,11 @@ func (c Config) Validate() error {
 	if c.Relay.Parent != "" && !strings.HasPrefix(c.Relay.Parent, "rtsp://") && !strings.HasPrefix(c.Relay.Parent, "rtsps://") {
 		return fmt.Errorf("relay.parent: %q is not an rtsp:// or rtsps:// address", c.Relay.Parent)
 	}
+	if c.Cluster.Role != "" {
+		if err := c.Cluster.Validate(); err != nil {
+			return err
+		}
+	}
 	if c.Relay.IdleTimeout < time.Second {
 		return errors.New("relay.idle_timeout must be at least 1s")
 	}
@@ -134,6 +146,7 @@ type Node struct {
 	rtsp   *rtsp.Server // nil when RTSP is off
 	pulls  *rtsp.Pulls
 	relays *relays
+	member *member // nil unless the node has a cluster role
 	ln     net.Listener
 	srv    *http.Server
 
@@ -148,9 +161,10 @@ func New(cfg Config, log *slog.Logger) (n *Node, err error) {
 		return nil, err
 	}
 	n = &Node{cfg: cfg, log: log, served: make(chan struct{})}
+	self := n // the error returns below set n to nil
 	defer func() {
 		if err != nil {
-			n.Close()
+			self.Close()
 		}
 	}()
 	pr := prometheus.NewRegistry()
@@ -175,6 +189,12 @@ func New(cfg Config, log *slog.Logger) (n *Node, err error) {
 		n.pulls.SetReaders(n.rtsp.RelayReaders)
 	}
 	n.relays = newRelays(cfg.Relay, cfg.Cluster.Secret, relay.NewMetrics(pr), log)
+	n.relays.parentOf = func(stream string) (string, error) {
+		if m := n.member; m != nil {
+			return m.parent(stream)
+		}
+		return "", errors.New("no relay parent")
+	}
 	playback := whep.New(n.eng, streams{n.reg, n.pulls, n.relays}, pr, log)
 	n.tc = &transcoders{cfg: cfg.Transcode, m: transcode.NewMetrics(pr), log: log, running: map[string]*transcode.Pipeline{}}
 	if cfg.Transcode.Enabled {
@@ -198,6 +218,13 @@ func New(cfg Config, log *slog.Logger) (n *Node, err error) {
 	n.api.Register(mux)
 	web.Register(mux)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(pr, promhttp.HandlerOpts{Registry: pr}))
+	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
+		if n.member == nil {
+			http.Error(w, "this node runs alone (no cluster role)", http.StatusNotFound)
+			return
+		}
+		n.member.view(w, r)
+	})
 	if cfg.Pprof {
 		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
@@ -216,12 +243,21 @@ func New(cfg Config, log *slog.Logger) (n *Node, err error) {
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	if err = n.startMember(pr); err != nil {
+		close(n.served) // never served
+		n.srv = nil
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
 	go func() {
-		defer close(n.served)
-		if err := n.srv.Serve(n.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		defer close(self.served)
+		if err := self.srv.Serve(self.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("http server", "err", err)
 		}
 	}()
+	if m := n.member; m != nil {
+		playback.SetPlacement(m.placeViewer)
+		ingest.SetPlacement(m.placePublisher)
+	}
 	log.Info("node started", "http", n.ln.Addr().String(), "webrtc", n.eng.UDPAddr().String())
 	return n, nil
 }
@@ -242,6 +278,9 @@ func (n *Node) URL() string {
 // Drain starts a graceful shutdown: /readyz fails and new WHIP/WHEP POSTs
 // get 503, while existing sessions go on.
 func (n *Node) Drain() {
+	if n.member != nil {
+		n.member.drain()
+	}
 	n.api.Drain()
 	n.whip.Drain()
 	n.whep.Drain()
@@ -253,6 +292,9 @@ func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		if n.api != nil {
 			n.Drain()
+		}
+		if n.member != nil {
+			n.member.close()
 		}
 		if n.whep != nil {
 			n.whep.Close()

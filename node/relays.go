@@ -26,8 +26,11 @@ type RelayConfig struct {
 type relays struct {
 	cfg    RelayConfig
 	secret string
-	m      *relay.Metrics
-	log    *slog.Logger
+	// parentOf names a stream's parent when no static one is configured
+	// (the cluster's relay tree); set before serving.
+	parentOf func(stream string) (string, error)
+	m        *relay.Metrics
+	log      *slog.Logger
 
 	mu     sync.Mutex
 	byName map[string]*relayed
@@ -44,28 +47,29 @@ type relayed struct {
 
 func newRelays(cfg RelayConfig, secret string, m *relay.Metrics, log *slog.Logger) *relays {
 	r := &relays{cfg: cfg, secret: secret, m: m, log: log, byName: map[string]*relayed{}, stop: make(chan struct{})}
-	if cfg.Parent != "" {
-		r.wg.Add(1)
-		go r.sweep()
-	}
+	r.wg.Add(1)
+	go r.sweep()
 	return r
 }
 
 // lookup returns the relayed stream name, starting its relay if needed.
 func (r *relays) lookup(name string) (whep.Source, bool) {
-	if r.cfg.Parent == "" {
-		return whep.Source{}, false
+	parent := func() (string, error) {
+		if r.cfg.Parent != "" {
+			return r.cfg.Parent, nil
+		}
+		if r.parentOf == nil {
+			return "", errors.New("no relay parent")
+		}
+		return r.parentOf(name)
+	}
+	if _, err := parent(); err != nil {
+		return whep.Source{}, false // nobody to relay from
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	rd := r.byName[name]
 	if rd == nil {
-		parent := func() (string, error) {
-			if r.cfg.Parent == "" {
-				return "", errors.New("no parent")
-			}
-			return r.cfg.Parent, nil
-		}
 		pull, err := relay.Start(name, parent, r.secret, r.m, r.log)
 		if err != nil {
 			r.log.Info("cannot relay stream", "stream", name, "err", err)

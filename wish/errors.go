@@ -14,9 +14,18 @@ type Error struct {
 	Reason string
 	// Metric is the label under which the failure is counted.
 	Metric string
+	// Location, with a 307 Status, sends the client to another node
+	// (RFC 9725 section 4.5: load balancing and redirections).
+	Location string
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("%d %s", e.Status, e.Reason) }
+
+// Redirect returns an *Error that answers 307 to location: the endpoint
+// is not refusing, it is sending the client where it should be served.
+func Redirect(location, metric string) *Error {
+	return &Error{Status: 307, Metric: metric, Reason: "served elsewhere: " + location, Location: location}
+}
 
 // Errorf returns an *Error.
 func Errorf(status int, metric, format string, args ...any) *Error {

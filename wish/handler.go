@@ -37,6 +37,8 @@ type Offer struct {
 	Query url.Values
 	// Remote is the client's address, for logs.
 	Remote string
+	// Header is the request's, for placement (a region header).
+	Header http.Header
 	// Ended must be called once when the session ends, by Close or by
 	// itself, from any goroutine; it does not block. It drops the resource.
 	Ended func()
@@ -190,7 +192,7 @@ func (h *Handler) Close() {
 
 func (h *Handler) fail(w http.ResponseWriter, err error) {
 	e := asError(err)
-	if h.metrics != nil {
+	if h.metrics != nil && e.Status != http.StatusTemporaryRedirect { // a redirect is not a failure
 		h.metrics.failures.WithLabelValues(h.kind, e.Metric).Inc()
 	}
 	h.reply(w, err, e)
@@ -202,6 +204,8 @@ func (h *Handler) reply(w http.ResponseWriter, err error, e *Error) {
 		h.log.Error("request failed", "err", err)
 	}
 	switch e.Status {
+	case http.StatusTemporaryRedirect:
+		w.Header().Set("Location", e.Location)
 	case http.StatusServiceUnavailable:
 		w.Header().Set("Retry-After", "5")
 	case http.StatusTooManyRequests:
@@ -300,7 +304,7 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) {
 		h.mu.Unlock()
 	}
 	sess, answer, err := h.ep.Offer(r.Context(), Offer{
-		Stream: stream, SDP: body, Token: bearer(r), Query: r.URL.Query(), Remote: r.RemoteAddr, Ended: ended,
+		Stream: stream, SDP: body, Token: bearer(r), Query: r.URL.Query(), Remote: r.RemoteAddr, Header: r.Header, Ended: ended,
 	})
 	if err != nil {
 		h.fail(w, err)

@@ -87,7 +87,17 @@ var helps = map[string]string{
 	"rtsp.tls_key":                "PEM key of rtsp.tls_cert",
 	"rtsp.read_timeout":           "close RTSP sessions silent for this long",
 	"sources":                     "cameras to pull, by stream name (YAML only: name: {url, on_demand, transport: tcp|udp, idle_timeout} or name: URL)",
-	"cluster.secret":              "shared secret: relay reads (RTSP user cascade) and, later, gossip encryption",
+	"cluster.secret":              "shared secret: relay reads (RTSP user cascade) and the gossip encryption key",
+	"cluster.bind":                "gossip address (memberlist, TCP and UDP)",
+	"cluster.advertise":           "address other nodes reach this one's gossip at (host or host:port)",
+	"cluster.join":                "seeds to join: host:port or DNS names, comma-separated",
+	"cluster.role":                "origin or edge; set by `cascade origin` / `cascade edge`, empty for the all-in-one node",
+	"cluster.name":                "this node's unique name in the cluster (default: host name)",
+	"cluster.region":              "region label; viewers are placed on edges of their region (X-Cascade-Region) first",
+	"cluster.zone":                "zone label",
+	"cluster.capacity":            "viewers this node serves before sending them elsewhere",
+	"cluster.max_children":        "edges one node feeds per stream; further edges relay from edges (0: unlimited)",
+	"cluster.profile":             "gossip timings: lan, wan, local or fast (tests)",
 	"relay.parent":                "RTSP address of the node to relay streams from that this node does not carry (rtsp://origin:8554)",
 	"relay.idle_timeout":          "drop a relayed stream this long after its last viewer left",
 	"log.level":                   "debug, info, warn or error",
@@ -95,7 +105,7 @@ var helps = map[string]string{
 }
 
 // aliases are the short flags the design names.
-var aliases = map[string]string{"webrtc": "webrtc.listen", "rtsp": "rtsp.listen"}
+var aliases = map[string]string{"webrtc": "webrtc.listen", "rtsp": "rtsp.listen", "gossip": "cluster.bind", "join": "cluster.join"}
 
 // keys walks cfg and returns its leaves in yaml order.
 func keys(cfg *Config) []key {
@@ -339,8 +349,8 @@ func lookupEnv(environ []string, name string) string {
 
 func usage(w io.Writer, ks []key) {
 	fmt.Fprint(w, `Usage: cascade [flags]            all-in-one node (origin + edge in one process)
-       cascade origin [flags]     origin only (not built yet)
-       cascade edge --join H:P    edge only (not built yet)
+       cascade origin [flags]     an origin: ingest and transcode, gossip on cluster.bind
+       cascade edge --join H:P    an edge: joins the cluster, relays from the origin, serves viewers
 
 Configuration: defaults, then --config FILE (YAML, unknown keys are errors),
 then CASCADE_* environment variables, then flags. Flags win.

@@ -130,10 +130,16 @@ func TestHelpGolden(t *testing.T) {
 	}
 }
 
-func TestRolesNotBuiltSaySo(t *testing.T) {
-	var errOut bytes.Buffer
-	if code := run([]string{"edge", "--join", "x:7946"}, nil, &bytes.Buffer{}, &errOut); code == 0 ||
-		!strings.Contains(errOut.String(), "not built yet") {
-		t.Fatalf("cascade edge: exit %d, %q", code, errOut.String())
+// TestRoleCommandsCheckTheCluster: `cascade origin` and `cascade edge`
+// run the node with a cluster role, whose settings are checked first.
+func TestRoleCommandsCheckTheCluster(t *testing.T) {
+	for _, args := range [][]string{
+		{"edge", "--join", "no port:x", "--http", "127.0.0.1:0"},
+		{"origin", "--cluster.profile", "nope", "--http", "127.0.0.1:0"},
+	} {
+		var errOut bytes.Buffer
+		if code := run(args, nil, &bytes.Buffer{}, &errOut); code == 0 || !strings.Contains(errOut.String(), "cluster") {
+			t.Errorf("cascade %v: exit %d, %q", args, code, errOut.String())
+		}
 	}
 }

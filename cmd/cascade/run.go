@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cascade-cdn/cascade/cluster"
 	"github.com/cascade-cdn/cascade/node"
 )
 
@@ -21,9 +22,9 @@ const drainTime = 2 * time.Second
 
 // run is main without os.Exit, so tests can call it.
 func run(args, environ []string, stdout, stderr io.Writer) int {
+	role := ""
 	if len(args) > 0 && (args[0] == "origin" || args[0] == "edge") {
-		fmt.Fprintf(stderr, "cascade %s: separate origin and edge roles are not built yet; run `cascade` for the all-in-one node\n", args[0])
-		return 2
+		role, args = args[0], args[1:]
 	}
 	cfg, rest, err := load(args, environ, stdout)
 	if errors.Is(err, flag.ErrHelp) {
@@ -36,6 +37,9 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 	if len(rest) > 0 {
 		fmt.Fprintf(stderr, "cascade: unexpected arguments %q (see --help)\n", rest)
 		return 2
+	}
+	if role != "" {
+		cfg.Cluster.Role = cluster.Role(role)
 	}
 	log := newLogger(cfg.Log, stderr)
 

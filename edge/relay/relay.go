@@ -364,6 +364,7 @@ func (p *Pull) session(index int, hub *media.Hub, stop <-chan struct{}, kind str
 	}
 	p.m.sessions.WithLabelValues(kind).Inc()
 	defer p.m.sessions.WithLabelValues(kind).Dec()
+	p.log.Debug("relay session playing", "media", index, "parent", u.Host)
 	waited := make(chan error, 1)
 	go func() { waited <- c.Wait() }()
 	select {

@@ -68,7 +68,12 @@ type Endpoint struct {
 	streams Streams
 	log     *slog.Logger
 	m       *metrics
+	place   atomic.Pointer[func(wish.Offer) error]
 }
+
+// SetPlacement sets a check run first on every offer: it may answer with a
+// redirect to another node (wish.Redirect) or a refusal.
+func (e *Endpoint) SetPlacement(fn func(wish.Offer) error) { e.place.Store(&fn) }
 
 type metrics struct {
 	rungViewers   *prometheus.GaugeVec
@@ -159,6 +164,11 @@ func checkOffer(offer string) (video, audio bool, err error) {
 
 // Offer implements wish.Endpoint.
 func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, string, error) {
+	if fn := e.place.Load(); fn != nil {
+		if err := (*fn)(o); err != nil {
+			return nil, "", err
+		}
+	}
 	src, ok := e.streams.Lookup(o.Stream)
 	if !ok {
 		return nil, "", wish.ErrNotFound

@@ -394,10 +394,17 @@ func (s *Server) OnSetup(ctx *gortsplib.ServerHandlerOnSetupCtx) (*base.Response
 	return status(base.StatusOK), r.ss, nil
 }
 
-// OnPlay implements gortsplib.ServerHandlerOnPlay.
+// OnPlay implements gortsplib.ServerHandlerOnPlay. A reader joins the
+// relay mid-GOP (its packets are shared by every reader), so a keyframe
+// is asked for at once, as for a new WebRTC viewer; the hubs coalesce
+// requests, and a transcoder answers with an early IDR on every rung.
 func (s *Server) OnPlay(ctx *gortsplib.ServerHandlerOnPlayCtx) (*base.Response, error) {
-	if _, ok := ctx.Session.UserData().(*relay); !ok {
+	r, ok := ctx.Session.UserData().(*relay)
+	if !ok {
 		return status(base.StatusMethodNotValidInThisState), nil
+	}
+	for _, rd := range r.rends {
+		rd.hub.RequestKeyframe()
 	}
 	return status(base.StatusOK), nil
 }

@@ -30,7 +30,13 @@ type Endpoint struct {
 	auth auth.Config
 	log  *slog.Logger
 	m    *metrics
+
+	place atomic.Pointer[func(wish.Offer) error]
 }
+
+// SetPlacement sets a check run first on every offer: it may answer with a
+// redirect to another node (wish.Redirect) or a refusal.
+func (e *Endpoint) SetPlacement(fn func(wish.Offer) error) { e.place.Store(&fn) }
 
 type metrics struct {
 	packets *prometheus.CounterVec
@@ -83,6 +89,11 @@ func checkOffer(offer string) error {
 
 // Offer implements wish.Endpoint.
 func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, string, error) {
+	if fn := e.place.Load(); fn != nil {
+		if err := (*fn)(o); err != nil {
+			return nil, "", err
+		}
+	}
 	if err := e.auth.CheckPublish(o.Stream, o.Token); err != nil {
 		return nil, "", wish.ErrUnauth
 	}
