@@ -81,20 +81,20 @@ type Pipeline struct {
 	wg                     sync.WaitGroup
 
 	// Owned by the pipeline goroutine.
-	codec   string // the source's: "H264" or "H265"
-	asm     assembler
-	unwrap  ladder.Unwrapper
-	dec     *av.Decoder
-	clock   *ladder.KeyClock
-	rungs   []*rung
+	codec  string // the source's: "H264" or "H265"
+	asm    assembler
+	unwrap ladder.Unwrapper
+	dec    *av.Decoder
+	clock  *ladder.KeyClock
+	rungs  []*rung
 	// scaleOrder is rungs from the largest down, each after its parent.
 	scaleOrder []*rung
 	queued     []*rung // scratch for frame
 	crew       *crew   // nil: every rung encodes on the pipeline goroutine
-	srcW    int
-	srcH    int
-	errs    uint64
-	arrival time.Time // of the access unit being decoded
+	srcW       int
+	srcH       int
+	errs       uint64
+	arrival    time.Time // of the access unit being decoded
 
 	// The "source" rendition: passed through while safe, else re-encoded.
 	// H.265 is always re-encoded: WebRTC viewers get H.264.
