@@ -226,8 +226,6 @@ type timings struct {
 	// and the last update is minUpdate old, gossiped; heartbeat is how
 	// often it is gossiped even unchanged.
 	refresh, minUpdate, heartbeat time.Duration
-	// updateTimeout bounds one metadata broadcast.
-	updateTimeout time.Duration
 	// joinMin and joinMax bound the join retry backoff; joinMax is also
 	// how often seeds are checked once joined.
 	joinMin, joinMax time.Duration
@@ -254,25 +252,25 @@ type timings struct {
 var profiles = map[string]func() timings{
 	"lan": func() timings {
 		return timings{base: lanMemberlist, refresh: time.Second, minUpdate: 5 * time.Second, heartbeat: 30 * time.Second,
-			updateTimeout: 2 * time.Second, joinMin: time.Second, joinMax: 10 * time.Second,
+			joinMin: time.Second, joinMax: 10 * time.Second,
 			tombstoneTTL: 2 * time.Minute, goneTTL: 2 * time.Minute, orphanTTL: time.Minute,
 			deadLinger: time.Minute, flapWindow: 2 * time.Minute, flapJoins: 3, resync: 5 * time.Second}
 	},
 	"wan": func() timings {
 		return timings{base: memberlist.DefaultWANConfig, refresh: 2 * time.Second, minUpdate: 10 * time.Second, heartbeat: 60 * time.Second,
-			updateTimeout: 5 * time.Second, joinMin: 2 * time.Second, joinMax: 30 * time.Second,
+			joinMin: 2 * time.Second, joinMax: 30 * time.Second,
 			tombstoneTTL: 5 * time.Minute, goneTTL: 5 * time.Minute, orphanTTL: 2 * time.Minute,
 			deadLinger: 2 * time.Minute, flapWindow: 5 * time.Minute, flapJoins: 3, resync: 10 * time.Second}
 	},
 	"local": func() timings {
 		return timings{base: memberlist.DefaultLocalConfig, refresh: time.Second, minUpdate: 2 * time.Second, heartbeat: 10 * time.Second,
-			updateTimeout: time.Second, joinMin: 500 * time.Millisecond, joinMax: 10 * time.Second,
+			joinMin: 500 * time.Millisecond, joinMax: 10 * time.Second,
 			tombstoneTTL: time.Minute, goneTTL: time.Minute, orphanTTL: 30 * time.Second,
 			deadLinger: 30 * time.Second, flapWindow: time.Minute, flapJoins: 3, resync: 2 * time.Second}
 	},
 	"fast": func() timings {
 		return timings{base: fastMemberlist, refresh: 100 * time.Millisecond, minUpdate: 100 * time.Millisecond, heartbeat: 500 * time.Millisecond,
-			updateTimeout: 500 * time.Millisecond, joinMin: 50 * time.Millisecond, joinMax: time.Second,
+			joinMin: 50 * time.Millisecond, joinMax: time.Second,
 			tombstoneTTL: 10 * time.Second, goneTTL: 10 * time.Second, orphanTTL: 5 * time.Second,
 			deadLinger: 5 * time.Second, flapWindow: 5 * time.Second, flapJoins: 3, resync: 200 * time.Millisecond}
 	},

@@ -8,9 +8,12 @@
 //
 //   - config.go: Config (key "cluster"), its defaults and validation, the
 //     gossip key derived from cluster.secret, and the timing profiles.
-//   - cluster.go: Cluster, started with Start: background join with
-//     backoff, load refresh and heartbeat, snapshot repair, Members, View,
-//     Leave and Close.
+//   - cluster.go: Cluster, started with Start, and its API: load,
+//     draining, Announce and Withdraw, Members, View, placement for this
+//     node, Leave and Close.
+//   - maintain.go: the background work: metadata refresh and heartbeat
+//     (rate-limited by cluster size), snapshot and push/pull repair,
+//     expiry and gauges. join.go: joining seeds with backoff.
 //   - delegate.go: the memberlist.Delegate and EventDelegate, and what the
 //     node does with each message and membership event.
 //   - meta.go: node metadata (Meta, Load) and its compact, versioned

@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"os"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -197,9 +195,7 @@ func Start(cfg Config, stream string, src *media.Hub, lis Listener, m *Metrics, 
 			src.RequestKeyframe()
 		}
 	})
-	if !serial {
-		p.crew = newCrew(crewHelpers(), len(cfg.Ladder)+1)
-	}
+	p.crew = newCrew(crewHelpers(), len(cfg.Ladder)+1)
 	// Viewers of "source" use the gate's hub from the start, so that a
 	// later switch to a re-encode reaches all of them.
 	p.publishLadder()
@@ -415,7 +411,7 @@ func (p *Pipeline) publishLadder() {
 }
 
 func (p *Pipeline) newEncoder(w, h, bitrate int) (*av.Encoder, error) {
-	ec := av.EncoderConfig{Name: p.cfg.Encoder, Width: w, Height: h, Bitrate: bitrate, FPS: 30, Preset: p.cfg.Preset, Threads: encoderThreads}
+	ec := av.EncoderConfig{Name: p.cfg.Encoder, Width: w, Height: h, Bitrate: bitrate, FPS: 30, Preset: p.cfg.Preset, Threads: 1}
 	enc, err := av.NewEncoder(ec)
 	if err != nil && ec.Name != "libx264" {
 		// A hardware encoder named in the config but absent here.
@@ -432,13 +428,6 @@ func (r *rung) bindMetrics(m *Metrics, stream string) {
 	r.keyframes, r.bytesOut = m.keyframes.WithLabelValues(stream, name), m.bytesOut.WithLabelValues(stream, name)
 	r.encodeTime, r.latency = m.encodeTime.WithLabelValues(name), m.latency.WithLabelValues(name)
 }
-
-// Experiment switches (temporary).
-var (
-	scaleFromSource   = os.Getenv("XP_DIRECT") != ""
-	serial            = os.Getenv("XP_SERIAL") != ""
-	encoderThreads, _ = strconv.Atoi(cmp.Or(os.Getenv("XP_THREADS"), "1"))
-)
 
 // overloadLag is how far behind real time a frame may be before rungs
 // start skipping frames: one more rung per further overloadLag of lag.
@@ -527,26 +516,12 @@ func (p *Pipeline) planScaling() {
 	})
 	for i, r := range p.scaleOrder {
 		r.parent = nil
-		if scaleFromSource {
-			continue
-		}
 		for j := i - 1; j >= 0; j-- {
 			if up := p.scaleOrder[j].out.Rung; up.Width >= r.out.Rung.Width && up.Height > r.out.Rung.Height {
 				r.parent = p.scaleOrder[j]
 				// The nearest larger rung keeps each step small; skip
 				// only one that is not larger in both directions.
 				break
-			}
-		}
-		if os.Getenv("XP_PARENT") == "int" {
-			h := r.out.Rung.Height
-			if p.srcH%h == 0 && p.srcH/h == 2 {
-				r.parent = nil
-			}
-			for j := i - 1; j >= 0; j-- {
-				if up := p.scaleOrder[j].out.Rung; up.Height == 2*h && up.Width >= r.out.Rung.Width {
-					r.parent = p.scaleOrder[j]
-				}
 			}
 		}
 	}

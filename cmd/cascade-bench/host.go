@@ -6,7 +6,25 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cascade-cdn/cascade/transcode/transcodetest"
 )
+
+// waitQuiet waits, up to limit, until the rest of the machine uses at
+// most cores CPUs over a 2 s sample. It reports whether it got there.
+func waitQuiet(cores float64, limit time.Duration) bool {
+	for deadline := time.Now().Add(limit); ; {
+		own0, busy0 := transcodetest.CPUTime(), hostBusy()
+		time.Sleep(2 * time.Second)
+		own, busy := transcodetest.CPUTime()-own0, hostBusy()-busy0
+		if busy0 < 0 || (busy-own).Seconds()/2 <= cores {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+}
 
 // hostBusy returns the CPU time every core of the machine has spent busy
 // (not idle or waiting for I/O), from /proc/stat, or -1 where there is none.

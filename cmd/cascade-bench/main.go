@@ -23,17 +23,26 @@
 //     entering the hub to its first packet published on the last rung
 //     (every rung's, for frames a rung shed), leaving out the first second
 //     (its first frame waits for every encoder to open);
-//   - dropped: rung frames shed because the pipeline fell behind;
+//   - dropped: rung frames shed because the pipeline fell behind (then
+//     core-s is not the full ladder's cost);
 //   - ffmpeg: the ffmpeg CLI's CPU per content second for the same ladder
-//     (one decode, split, bilinear scale, libx264 with the same settings
-//     and preset) on the same input, run after the pipeline, and ratio,
-//     core-s over it.
+//     (one decode, the same cascade of area scalers, libx264 with the same
+//     settings and preset) on the same input, run after the pipeline, and
+//     ratio, core-s over it;
+//   - others: the CPU the rest of the machine used during the run, in
+//     cores (from /proc/stat). Well above 0, the run competed for the
+//     cores and its figures are disturbed: -wait-quiet waits for a quiet
+//     machine before each run.
 //
-// The machine should be quiet: the figures are only as steady as it is.
+// -offline feeds each frame as soon as the pipeline is done with the one
+// before: no frame is shed however busy the machine, so core-s stays
+// comparable between builds; realtime is then content over wall time.
+// -quality also measures each rung's mean luma PSNR against the source
+// scaled with a Lanczos filter, and its bit rate.
 //
 // Usage:
 //
-//	go run ./cmd/cascade-bench [-size 1280x720,1920x1080] [-preset superfast] [-seconds 10] [-runs 3] [-json]
+//	go run ./cmd/cascade-bench [-size 1280x720,1920x1080] [-preset superfast] [-seconds 10] [-runs 3] [-wait-quiet 0.3] [-offline] [-quality] [-json]
 package main
 
 import (
@@ -47,6 +56,7 @@ import (
 	"slices"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/cascade-cdn/cascade/transcode"
 	"github.com/cascade-cdn/cascade/transcode/transcodetest"
@@ -60,6 +70,7 @@ type options struct {
 	seconds, runs  int
 	bitrate        string
 	inputs         string
+	quiet          float64
 	bframes        bool
 	rc             runConfig
 	json           bool
@@ -78,6 +89,7 @@ func run() int {
 	flag.BoolVar(&o.rc.Offline, "offline", false, "feed each frame as soon as the pipeline is done with the one before, instead of in real time: no frame is shed, so CPU figures hold on a busy machine; realtime is then content over wall time, and latency is each frame's own work")
 	flag.BoolVar(&o.rc.Quality, "quality", false, "also measure each rung's luma PSNR against the source scaled with Lanczos, and its bit rate")
 	flag.BoolVar(&o.json, "json", false, "print results as JSON instead of a table")
+	flag.Float64Var(&o.quiet, "wait-quiet", 0, "before each run, wait (up to 10 min) until the rest of the machine uses at most this many cores; 0 does not wait")
 	flag.StringVar(&o.inputs, "inputs", "", "keep generated inputs in this directory and reuse them (default: a temporary directory)")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "Usage: cascade-bench [flags]\n\nMeasures the transcoder's ladder: CPU per content second, realtime factor, latency (see go doc ./cmd/cascade-bench).\n\n")
@@ -124,6 +136,9 @@ func run() int {
 			cfg.Preset = preset
 			var rs []result
 			for i := 1; i <= o.runs; i++ {
+				if o.quiet > 0 && !waitQuiet(o.quiet, 10*time.Minute) {
+					logf("the machine stayed busy; running anyway")
+				}
 				logf("%s %s run %d/%d", size, preset, i, o.runs)
 				r, err := measure(src, cfg, o.rc)
 				r.Run = i

@@ -10,7 +10,6 @@ package av
 import (
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strconv"
 
@@ -83,9 +82,6 @@ func NewDecoder(codec string) (*Decoder, error) {
 		return nil, errors.New("av: cannot allocate decoder")
 	}
 	cc.SetThreadType(astiav.ThreadTypeSlice)
-	if n, _ := strconv.Atoi(os.Getenv("XP_DEC_THREADS")); n > 0 {
-		cc.SetThreadCount(n)
-	}
 	cc.SetTimeBase(astiav.NewRational(1, 90000))
 	if err := cc.Open(c, nil); err != nil {
 		cc.Free()
@@ -143,7 +139,8 @@ type Scaler struct {
 
 // NewScaler returns a scaler to width x height.
 func NewScaler(width, height int) *Scaler {
-	return &Scaler{width: width, height: height, flags: ladderScaleFlags(), out: &Frame{f: astiav.AllocFrame()}}
+	return &Scaler{width: width, height: height, out: &Frame{f: astiav.AllocFrame()},
+		flags: astiav.NewSoftwareScaleContextFlags(astiav.SoftwareScaleContextFlagArea)}
 }
 
 // NewReferenceScaler returns a scaler to width x height with a Lanczos
@@ -180,7 +177,7 @@ func (s *Scaler) Scale(src *Frame) (*Frame, error) {
 	// Fresh buffers for every frame cost more than scaling into them: the
 	// C allocator hands the memory back to the kernel between frames, and
 	// page faults on every write followed.
-	if !writable(s.out.f) || os.Getenv("XP_NOREUSE") != "" {
+	if !writable(s.out.f) {
 		s.out.f.Unref()
 	}
 	if err := s.ssc.ScaleFrame(src.f, s.out.f); err != nil {
@@ -300,9 +297,7 @@ func (e *Encoder) Encode(f *Frame, keyframe bool, fn func(Packet) error) error {
 	// Let the picture go at once: an encoder that still needs it holds
 	// its own reference (libx264 has copied it), and the scaler that
 	// made it can then write the next picture into the same memory.
-	if os.Getenv("XP_NOREUSE") == "" {
-		e.frame.Unref()
-	}
+	e.frame.Unref()
 	if err != nil {
 		return fmt.Errorf("av: encode: %w", err)
 	}
@@ -326,16 +321,4 @@ func (e *Encoder) Close() {
 	e.frame.Free()
 	e.pkt.Free()
 	e.cc.Free()
-}
-
-func ladderScaleFlags() astiav.SoftwareScaleContextFlags {
-	switch os.Getenv("XP_SWS") {
-	case "fast":
-		return astiav.NewSoftwareScaleContextFlags(astiav.SoftwareScaleContextFlagFastBilinear)
-	case "area":
-		return astiav.NewSoftwareScaleContextFlags(astiav.SoftwareScaleContextFlagArea)
-	case "bicubic":
-		return astiav.NewSoftwareScaleContextFlags(astiav.SoftwareScaleContextFlagBicubic)
-	}
-	return astiav.NewSoftwareScaleContextFlags(astiav.SoftwareScaleContextFlagBilinear)
 }

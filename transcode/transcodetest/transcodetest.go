@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -237,24 +238,33 @@ func CPUTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// FFmpegLadder runs the ffmpeg CLI on input with the same ladder: one
-// decode, split, a bilinear scale per rung, libx264 with Cascade's WebRTC
-// settings at preset and a keyframe every 30 frames, outputs discarded.
-// It returns the CLI's CPU time (user and system).
+// FFmpegLadder runs the ffmpeg CLI on input with the same ladder as the
+// pipeline: one decode; the same scaling, each rung scaled with the area
+// filter from the next larger one; libx264 with Cascade's WebRTC settings
+// at preset and a keyframe every 30 frames (x264's own threading, as the
+// CLI runs it); outputs discarded. It returns the CLI's CPU time (user and
+// system).
 func FFmpegLadder(input string, rungs []ladder.Rung, preset string) (time.Duration, error) {
 	if len(rungs) == 0 {
 		return 0, errors.New("transcodetest: no rungs")
 	}
+	rungs = slices.Clone(rungs)
+	slices.SortStableFunc(rungs, func(a, b ladder.Rung) int { return cmp.Compare(b.Height, a.Height) })
 	var filter strings.Builder
-	fmt.Fprintf(&filter, "[0:v]split=%d", len(rungs))
-	for i := range rungs {
-		fmt.Fprintf(&filter, "[s%d]", i)
-	}
-	args := []string{"-v", "error", "-i", input}
+	from := "[0:v]"
 	for i, r := range rungs {
-		fmt.Fprintf(&filter, ";[s%d]scale=%d:%d:flags=bilinear[o%d]", i, r.Width, r.Height, i)
+		if i > 0 {
+			filter.WriteString(";")
+		}
+		fmt.Fprintf(&filter, "%sscale=%d:%d:flags=area", from, r.Width, r.Height)
+		if i == len(rungs)-1 {
+			fmt.Fprintf(&filter, "[o%d]", i)
+			break
+		}
+		fmt.Fprintf(&filter, ",split=2[o%d][c%d]", i, i)
+		from = fmt.Sprintf("[c%d]", i)
 	}
-	args = append(args, "-filter_complex", filter.String())
+	args := []string{"-v", "error", "-i", input, "-filter_complex", filter.String()}
 	for i, r := range rungs {
 		args = append(args, "-map", fmt.Sprintf("[o%d]", i), "-c:v", "libx264", "-preset", preset, "-tune", "zerolatency",
 			"-profile:v", "baseline", "-bf", "0", "-b:v", strconv.Itoa(r.Bitrate), "-maxrate", strconv.Itoa(r.Bitrate),
