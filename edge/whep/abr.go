@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cascade-cdn/cascade/edge/abr"
+	"github.com/cascade-cdn/cascade/peer"
 	"github.com/cascade-cdn/cascade/wish"
 )
 
@@ -207,6 +208,11 @@ func (a *viewerABR) tick(now time.Time, s *session) bool {
 	if s.bwe != nil {
 		a.ctl.OnEstimate(now, float64(s.bwe.TargetBitrate()))
 	}
+	// Retransmissions are media sent too: uncounted, a congested link's
+	// repairs, which it acknowledges, would hide its overload.
+	if n := s.video.resent.Swap(0); n > 0 {
+		a.ctl.OnSent(now, int(n))
+	}
 	if now.Sub(a.ladderAt) >= time.Second {
 		a.refresh(now, s)
 	}
@@ -215,6 +221,11 @@ func (a *viewerABR) tick(now time.Time, s *session) bool {
 	a.apply(now, d, s)
 	if now.Sub(a.estimateAt) >= time.Second {
 		a.estimateAt = now
+		// The feedback's delay is a round trip plus the queue and the
+		// feedback interval: how long a retransmission takes to tell.
+		if b, ok := s.bwe.(*peer.BWE); ok {
+			s.video.rtxHold.Store(int64(min(max(b.Stats().AckDelay, 20*time.Millisecond), 500*time.Millisecond)))
+		}
 		s.e.m.estimate.Observe(d.Estimate)
 		s.emit(wish.EstimateEvent{BPS: int64(d.Estimate), Rendition: s.video.name}.Event())
 		a.countProbes(s)

@@ -2,6 +2,7 @@ package whep
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pion/rtp"
@@ -27,11 +28,21 @@ const sentRing = 512
 
 type sent struct {
 	hub   *media.Hub
-	tsOff uint32
+	tsOff uint32 // for padding (pad set): the packet's timestamp
+	// rtxAt is when it was last retransmitted (clockMS), 0 if never.
+	rtxAt uint32
 	hseq  uint16
 	vseq  uint16
 	valid bool
+	pad   bool // a padding-only packet: hub is nil
 }
+
+// epoch is what clockMS counts from.
+var epoch = time.Now()
+
+// clockMS is the time in milliseconds since epoch, never 0 (it wraps after
+// 49 days, which comparisons of recent times survive).
+func clockMS(now time.Time) uint32 { return uint32(now.Sub(epoch)/time.Millisecond) | 1 }
 
 // output is one track of one viewer. The viewer's numbering follows the
 // hub's, shifted by an offset that changes only where Cascade made a gap on
@@ -57,11 +68,15 @@ type output struct {
 	dropped uint64
 	hdr     rtp.Header
 
-	pad []byte // a padding-only payload, made on first use
-
 	mu   sync.Mutex // guards ring and hub, for the RTCP reader
 	hub  *media.Hub // the hub being sent
 	ring [sentRing]sent
+	// resent counts the bytes of media the RTCP reader retransmitted,
+	// until the writer hands them to the controller as sent.
+	resent atomic.Int64
+	// rtxHold is how long a packet just retransmitted is not sent again,
+	// in ns: about a round trip, queueing included (the writer sets it).
+	rtxHold atomic.Int64
 
 	packets, bytes, drops prometheus.Counter
 }
@@ -83,13 +98,44 @@ func (o *output) where(vseq uint16) (sent, bool) {
 }
 
 // lookup returns the hub packet a viewer sequence number carried and the
-// timestamp offset it was sent with, if its hub still has it.
+// timestamp offset it was sent with, if its hub still has it. A padding
+// packet has none: lookup fills its number itself, with the smallest
+// padding-only packet (one byte of padding), and returns nil. A receiver
+// cannot tell a lost padding packet from lost media, so unanswered it
+// would stall the receiver's frame assembly until a keyframe, and its
+// repeated NACKs would read as loss to the viewer's controller; resent
+// whole, the padding of a probe that overflowed the link would overflow
+// it again. The receiver's SRTP replay check lets the repair through,
+// since the original never arrived.
 func (o *output) lookup(vseq uint16) (*media.Packet, uint32) {
 	e, ok := o.where(vseq)
+	if e.valid && e.pad && e.vseq == vseq {
+		h := rtp.Header{Version: 2, Padding: true, SequenceNumber: vseq, Timestamp: e.tsOff}
+		o.track.write(&h, padRepair)
+		return nil, 0
+	}
 	if !ok {
 		return nil, 0
 	}
-	return e.hub.Retransmit(e.hseq), e.tsOff
+	// A receiver that asks again before a round trip has passed (pion
+	// asks on a timer; any receiver does while a full queue delays the
+	// retransmission) would get a copy per request, and on a congested
+	// link the copies keep the queue full: as libwebrtc's sender does,
+	// resend a packet at most once a round trip.
+	now := clockMS(time.Now())
+	if e.rtxAt != 0 && time.Duration(now-e.rtxAt)*time.Millisecond < time.Duration(o.rtxHold.Load()) {
+		return nil, 0
+	}
+	p := e.hub.Retransmit(e.hseq)
+	if p != nil {
+		o.resent.Add(int64(len(p.Payload) + 12))
+		o.mu.Lock()
+		if r := &o.ring[vseq%sentRing]; r.valid && r.vseq == vseq {
+			r.rtxAt = now
+		}
+		o.mu.Unlock()
+	}
+	return p, e.tsOff
 }
 
 // countDrops adds what the current subscription dropped since last asked
@@ -142,6 +188,17 @@ func (o *output) send(e media.Entry) error {
 // padMax is the most padding one RTP packet can carry (its count is a byte).
 const padMax = 255
 
+// padPayload is a padding-only packet's payload: all padding, its last
+// byte the count; padRepair the smallest one. Shared and never written.
+var (
+	padPayload = func() []byte {
+		b := make([]byte, padMax)
+		b[padMax-1] = padMax
+		return b
+	}()
+	padRepair = []byte{1}
+)
+
 // padding sends padding-only packets (RFC 3550 5.1, as libwebrtc probes
 // without RTX) worth about n bytes, at most maxPad packets. They take
 // sequence numbers of their own, so the offset moves past them; a receiver
@@ -152,32 +209,26 @@ func (o *output) padding(n int) int {
 	if !o.begun {
 		return 0
 	}
-	if o.pad == nil {
-		o.pad = make([]byte, padMax)
-		o.pad[padMax-1] = padMax
-	}
-	sent := 0
-	for i := 0; sent < n && i < maxPad; i++ {
+	done := 0
+	for i := 0; done < n && i < maxPad; i++ {
 		seq := o.seq
 		o.seq++
 		o.off++
 		o.mu.Lock()
-		o.ring[seq%sentRing] = sent0
+		o.ring[seq%sentRing] = sent{tsOff: o.lastTS, vseq: seq, valid: true, pad: true}
 		o.mu.Unlock()
 		h := rtp.Header{Version: 2, Padding: true, SequenceNumber: seq, Timestamp: o.lastTS}
-		if o.track.write(&h, o.pad) != nil {
+		if o.track.write(&h, padPayload) != nil {
 			break
 		}
-		sent += padMax + 12
+		done += padMax + 12
 	}
-	return sent
+	return done
 }
 
 // maxPad bounds the padding packets of one top-up (padEvery): 40 × 267
 // bytes each 20 ms is 4.3 Mbps of probe on top of the media.
 const maxPad = 40
-
-var sent0 sent
 
 // drain sends everything queued on the current subscription, spreading
 // bursts. It reports the bytes sent.

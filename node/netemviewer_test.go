@@ -1,0 +1,664 @@
+package node
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pion/ice/v4"
+	"github.com/pion/interceptor"
+	"github.com/pion/interceptor/pkg/nack"
+	"github.com/pion/rtcp"
+	"github.com/pion/rtp"
+	"github.com/pion/webrtc/v4"
+
+	"github.com/cascade-cdn/cascade/media/h264"
+	"github.com/cascade-cdn/cascade/transcode/av"
+)
+
+// This file is the viewer side of the netem tests (netem_test.go): pion
+// WHEP viewers that run in a child process inside a network namespace,
+// because pion opens its sockets on goroutines of its own, which no setns
+// on one thread can follow. The child is this test binary, started with
+// -test.run=^TestNetemViewerProcess$ and its configuration in the
+// environment. It writes one JSON message a line, prefixed with
+// netemLinePrefix, on stdout: each viewer's Location as soon as it has it,
+// then, once its stdin closes, each viewer's report.
+
+const (
+	netemChildEnv   = "CASCADE_NETEM_CHILD"
+	netemLinePrefix = "NETEM "
+	// netemGiveUp is how long a viewer waits for a missing packet before it
+	// gives up on it and asks for a keyframe (a PLI), as a browser does
+	// when retransmissions do not come.
+	netemGiveUp = 300 * time.Millisecond
+	// netemMaxNACKs is how often pion's generator asks for one packet:
+	// libwebrtc stops after 10 tries too (kMaxNackRetries); see
+	// startNetemViewer.
+	netemMaxNACKs = 10
+	// netemNACKEvery is how often pion's generator asks for what is
+	// still missing: about this link's round trip with its queue.
+	netemNACKEvery = 50 * time.Millisecond
+	// netemReplayWindow is libwebrtc's SRTP replay window (pion's is 64).
+	netemReplayWindow = 1024
+)
+
+// netemChildConfig is what the parent tells the child.
+type netemChildConfig struct {
+	URL string `json:"url"` // the WHEP endpoint
+	// Addrs are the viewers' own addresses, one viewer each; a viewer's
+	// UDP socket is bound to its address, and the namespace routes by
+	// source address, so each viewer has its own link.
+	Addrs []string `json:"addrs"`
+	// Delay is added to everything a viewer sends (RTCP, STUN): the
+	// kernel here has no netem, so the link's latency is made in the child.
+	Delay time.Duration `json:"delay"`
+	// Decode keeps every payload and decodes the rendered frames at the end.
+	Decode bool `json:"decode"`
+}
+
+// netemMsg is one line from the child.
+type netemMsg struct {
+	Kind   string        `json:"kind"` // "loc", "report" or "error"
+	V      int           `json:"v"`    // the viewer's index in Addrs
+	Loc    string        `json:"loc,omitempty"`
+	Err    string        `json:"err,omitempty"`
+	Report *viewerReport `json:"report,omitempty"`
+}
+
+// viewerReport is what one viewer received, frame by frame. Times are Unix
+// nanoseconds (the parent and the child share the machine's clock).
+type viewerReport struct {
+	Packets    int // video packets, padding included, duplicates not
+	Padding    int // padding-only packets
+	Duplicates int // packets that arrived twice (a retransmission after all)
+	Audio      int
+	PLIs       int // keyframe requests sent after giving up on a packet
+	Frames     []frameRec
+	// Holes are the video sequence numbers between the first and the last
+	// received that never arrived, retransmissions included.
+	Holes        []holeRec
+	DecodeErrors int
+	DecodeError  string // the first
+}
+
+// frameRec is one video frame as the viewer saw it. Its packets are the
+// media packets that carry its timestamp, from the one after the previous
+// frame's last to its marker; it is complete when none of those sequence
+// numbers (padding included) is missing.
+type frameRec struct {
+	TS       uint32 `json:"ts"`
+	S0       uint64 `json:"s0"` // extended sequence numbers of its first and last packet
+	S1       uint64 `json:"s1"`
+	Key      bool   `json:"key,omitempty"` // it carries an SPS or an IDR slice
+	Complete bool   `json:"ok,omitempty"`
+	// Decodable: complete, and a keyframe or following a decodable frame.
+	Decodable bool  `json:"dec,omitempty"`
+	First     int64 `json:"first"` // its first packet's arrival
+	Done      int64 `json:"done"`  // its last packet's arrival (retransmissions included)
+	// Render is when a player would show it: when it is decodable and the
+	// frame before it was shown. 0 if never.
+	Render int64 `json:"render,omitempty"`
+	// W and H are the size its SPS gives (the last keyframe's SPS); DW and
+	// DH the decoder's, with Decode.
+	W  int `json:"w,omitempty"`
+	H  int `json:"h,omitempty"`
+	DW int `json:"dw,omitempty"`
+	DH int `json:"dh,omitempty"`
+}
+
+// holeRec is a sequence number never received, and about when it should
+// have arrived: the arrival of the nearest packet received before it.
+type holeRec struct {
+	Seq uint64 `json:"seq"`
+	At  int64  `json:"at"`
+}
+
+// TestNetemViewerProcess is the child process of the netem tests; run
+// alone, it skips.
+func TestNetemViewerProcess(t *testing.T) {
+	raw := os.Getenv(netemChildEnv)
+	if raw == "" {
+		t.Skip("the netem tests' viewer process: started by them inside a network namespace")
+	}
+	var cfg netemChildConfig
+	if err := json.Unmarshal([]byte(raw), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	var outMu sync.Mutex
+	out := bufio.NewWriter(os.Stdout)
+	send := func(m netemMsg) {
+		b, _ := json.Marshal(m)
+		outMu.Lock()
+		defer outMu.Unlock()
+		out.WriteString(netemLinePrefix)
+		out.Write(b)
+		out.WriteByte('\n')
+		out.Flush()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	viewers := make([]*netemViewer, len(cfg.Addrs))
+	var wg sync.WaitGroup
+	for i, addr := range cfg.Addrs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v, err := startNetemViewer(ctx, i, addr, cfg)
+			if err != nil {
+				send(netemMsg{Kind: "error", V: i, Err: err.Error()})
+				return
+			}
+			viewers[i] = v
+			send(netemMsg{Kind: "loc", V: i, Loc: v.location})
+		}()
+	}
+	// The parent closes stdin to stop the viewers (or dies).
+	io.Copy(io.Discard, os.Stdin)
+	wg.Wait()
+	cancel()
+	for _, v := range viewers {
+		if v != nil {
+			v.close()
+		}
+	}
+	for i, v := range viewers {
+		if v != nil {
+			send(netemMsg{Kind: "report", V: i, Report: v.report(cfg.Decode)})
+		}
+	}
+}
+
+// netemViewer is one pion WHEP viewer bound to one address.
+type netemViewer struct {
+	idx      int
+	pc       *webrtc.PeerConnection
+	conn     *delayedConn
+	location string
+	keep     bool // keep every payload, to decode
+
+	mu      sync.Mutex
+	pkts    map[uint64]*rxPacket // by extended sequence number
+	started bool
+	ext     uint64 // the newest extended sequence number
+	contig  uint64 // every sequence number up to it arrived or was given up on
+	holeSeq uint64 // the hole being waited for, since holeAt
+	holeAt  time.Time
+	lastPLI time.Time
+	ssrc    uint32
+	padding int
+	dups    int
+	audio   int
+	plis    int
+
+	wg sync.WaitGroup
+}
+
+// frameBuild is a frame being rebuilt.
+type frameBuild struct {
+	frameRec
+	holed  bool
+	marker bool
+	media  []uint64 // its media packets' sequence numbers
+}
+
+type rxPacket struct {
+	at      int64
+	ts      uint32
+	marker  bool
+	pad     bool
+	key     bool
+	payload []byte // kept to decode, or when it carries an SPS
+}
+
+func startNetemViewer(ctx context.Context, idx int, addr string, cfg netemChildConfig) (*netemViewer, error) {
+	ip := net.ParseIP(addr)
+	uc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: ip})
+	if err != nil {
+		return nil, err
+	}
+	conn := newDelayedConn(uc, cfg.Delay)
+	m := &webrtc.MediaEngine{}
+	if err := m.RegisterDefaultCodecs(); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	// What a browser's receiver does: NACKs, receiver reports and
+	// transport-wide feedback (pion's defaults less the stats and simulcast
+	// interceptors, which cost CPU and serve nothing here). libwebrtc asks
+	// for a missing packet at once and again after each round trip, at most
+	// 10 times, and keeps up to 1000 missing packets; pion's generator asks
+	// on a timer, here every 50 ms (about this link's round trip with its
+	// queue), as often, over as long a window.
+	ir := &interceptor.Registry{}
+	gen := []nack.GeneratorOption{nack.GeneratorMaxNacksPerPacket(netemMaxNACKs), nack.GeneratorSize(4096),
+		nack.GeneratorInterval(netemNACKEvery)}
+	if err := webrtc.ConfigureNackWithOptions(m, ir, gen); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if err := webrtc.ConfigureRTCPReports(ir); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if err := webrtc.ConfigureTWCCSender(m, ir); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	var se webrtc.SettingEngine
+	se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
+	se.SetICEUDPMux(webrtc.NewICEUDPMux(nil, conn))
+	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
+	se.SetIPFilter(func(i net.IP) bool { return i.Equal(ip) })
+	// libwebrtc's SRTP replay window is 1024 packets, pion's 64: with
+	// pion's, a retransmission that comes back more than 64 packets late
+	// (a probe's padding goes by at up to 2 000 packets a second) is
+	// dropped as a replay.
+	se.SetSRTPReplayProtectionWindow(netemReplayWindow)
+	api := webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithInterceptorRegistry(ir), webrtc.WithSettingEngine(se))
+	pc, err := api.NewPeerConnection(webrtc.Configuration{})
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	v := &netemViewer{idx: idx, pc: pc, conn: conn, keep: cfg.Decode, pkts: map[uint64]*rxPacket{}}
+	fail := func(err error) (*netemViewer, error) {
+		pc.Close()
+		conn.Close()
+		return nil, err
+	}
+	for _, k := range []webrtc.RTPCodecType{webrtc.RTPCodecTypeVideo, webrtc.RTPCodecTypeAudio} {
+		if _, err := pc.AddTransceiverFromKind(k, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionRecvonly}); err != nil {
+			return fail(err)
+		}
+	}
+	pc.OnTrack(func(tr *webrtc.TrackRemote, _ *webrtc.RTPReceiver) {
+		v.wg.Add(1)
+		go v.read(tr)
+	})
+	offer, err := pc.CreateOffer(nil)
+	if err != nil {
+		return fail(err)
+	}
+	gathered := webrtc.GatheringCompletePromise(pc)
+	if err := pc.SetLocalDescription(offer); err != nil {
+		return fail(err)
+	}
+	select {
+	case <-gathered:
+	case <-time.After(10 * time.Second):
+		return fail(fmt.Errorf("viewer %d: ICE gathering did not complete", idx))
+	}
+	answer, loc, err := postOffer(ctx, cfg.URL, pc.LocalDescription().SDP)
+	if err != nil {
+		return fail(fmt.Errorf("viewer %d: %w", idx, err))
+	}
+	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: answer}); err != nil {
+		return fail(err)
+	}
+	v.location = loc
+	v.wg.Add(1)
+	go v.watch(ctx)
+	return v, nil
+}
+
+// postOffer POSTs a WHEP offer without keeping the connection open, so the
+// child leaves no idle connection behind.
+func postOffer(ctx context.Context, url, offer string) (answer, location string, err error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(offer))
+	if err != nil {
+		return "", "", err
+	}
+	req.Header.Set("Content-Type", "application/sdp")
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 15 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		return "", "", err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusCreated {
+		return "", "", fmt.Errorf("WHEP POST: %d %s", resp.StatusCode, strings.TrimSpace(string(body)))
+	}
+	return string(body), resp.Header.Get("Location"), nil
+}
+
+func (v *netemViewer) read(tr *webrtc.TrackRemote) {
+	defer v.wg.Done()
+	video := tr.Kind() == webrtc.RTPCodecTypeVideo
+	buf := make([]byte, 1600)
+	var p rtp.Packet
+	for {
+		n, _, err := tr.Read(buf)
+		if err != nil {
+			return
+		}
+		now := time.Now().UnixNano()
+		if !video {
+			v.mu.Lock()
+			v.audio++
+			v.mu.Unlock()
+			continue
+		}
+		if p.Unmarshal(buf[:n]) != nil {
+			continue
+		}
+		r := &rxPacket{at: now, ts: p.Timestamp, marker: p.Marker, pad: len(p.Payload) == 0}
+		if !r.pad {
+			r.key = netemKeyframe(p.Payload)
+			if v.keep || h264.FindSPS(p.Payload) != nil {
+				r.payload = slices.Clone(p.Payload)
+			}
+		}
+		v.mu.Lock()
+		v.ssrc = uint32(tr.SSRC())
+		if !v.started {
+			v.started = true
+			v.ext = uint64(p.SequenceNumber) + 1<<32
+			v.contig = v.ext - 1
+		}
+		ext := uint64(int64(v.ext) + int64(int16(p.SequenceNumber-uint16(v.ext))))
+		v.ext = max(v.ext, ext)
+		if _, ok := v.pkts[ext]; ok {
+			v.dups++
+		} else {
+			v.pkts[ext] = r
+			if r.pad {
+				v.padding++
+			}
+		}
+		v.mu.Unlock()
+	}
+}
+
+// watch gives up on a missing packet after netemGiveUp and asks for a
+// keyframe, at most twice a second.
+func (v *netemViewer) watch(ctx context.Context) {
+	defer v.wg.Done()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			v.mu.Lock()
+			for v.started && v.pkts[v.contig+1] != nil {
+				v.contig++
+			}
+			pli, ssrc := false, v.ssrc
+			switch {
+			case !v.started || v.ext <= v.contig+1:
+				v.holeAt = time.Time{}
+			case v.holeAt.IsZero() || v.holeSeq != v.contig+1:
+				v.holeSeq, v.holeAt = v.contig+1, now
+			case now.Sub(v.holeAt) >= netemGiveUp:
+				for v.contig++; v.contig < v.ext && v.pkts[v.contig+1] == nil; v.contig++ {
+				}
+				v.holeAt = time.Time{}
+				if now.Sub(v.lastPLI) >= 500*time.Millisecond {
+					pli, v.lastPLI = true, now
+					v.plis++
+				}
+			}
+			v.mu.Unlock()
+			if pli {
+				v.pc.WriteRTCP([]rtcp.Packet{&rtcp.PictureLossIndication{MediaSSRC: ssrc}})
+			}
+		}
+	}
+}
+
+func (v *netemViewer) close() {
+	v.pc.Close()
+	v.wg.Wait()
+	v.conn.Close()
+}
+
+// report rebuilds the frames from the packets received, in sequence order,
+// and decides which a player would have shown, and when.
+func (v *netemViewer) report(decode bool) *viewerReport {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	rep := &viewerReport{Packets: len(v.pkts), Padding: v.padding, Duplicates: v.dups, Audio: v.audio, PLIs: v.plis}
+	if len(v.pkts) == 0 {
+		return rep
+	}
+	seqs := make([]uint64, 0, len(v.pkts))
+	for s := range v.pkts {
+		seqs = append(seqs, s)
+	}
+	slices.Sort(seqs)
+	var cur *frameBuild
+	var frames []*frameBuild
+	pendingHole := false // a hole after a frame's marker belongs to the next frame
+	lastAt := int64(0)
+	finish := func() {
+		if cur != nil {
+			cur.Complete = cur.marker && !cur.holed
+			frames = append(frames, cur)
+			cur = nil
+		}
+	}
+	for s := seqs[0]; s <= seqs[len(seqs)-1]; s++ {
+		r := v.pkts[s]
+		if r == nil {
+			rep.Holes = append(rep.Holes, holeRec{Seq: s, At: lastAt})
+			if cur != nil {
+				cur.holed = true
+			} else {
+				pendingHole = true
+			}
+			continue
+		}
+		lastAt = r.at
+		if r.pad {
+			if cur != nil {
+				cur.Done = max(cur.Done, r.at)
+			}
+			continue
+		}
+		if cur != nil && r.ts != cur.TS {
+			finish() // its marker was lost
+			pendingHole = true
+		}
+		if cur == nil {
+			cur = &frameBuild{frameRec: frameRec{TS: r.ts, S0: s, First: r.at}, holed: pendingHole}
+			pendingHole = false
+		}
+		cur.S1 = s
+		cur.First = min(cur.First, r.at)
+		cur.Done = max(cur.Done, r.at)
+		cur.Key = cur.Key || r.key
+		cur.media = append(cur.media, s)
+		if r.marker {
+			cur.marker = true
+			finish()
+		}
+	}
+	finish()
+
+	w, h := 0, 0
+	prevDecodable := false
+	var lastRender int64
+	for _, f := range frames {
+		if f.Key {
+			for _, s := range f.media {
+				if sps := h264.FindSPS(v.pkts[s].payload); sps != nil {
+					if p, err := h264.ParseSPS(sps); err == nil {
+						w, h = p.Width, p.Height
+					}
+				}
+			}
+		}
+		f.W, f.H = w, h
+		f.Decodable = f.Complete && (f.Key || prevDecodable)
+		prevDecodable = f.Decodable
+		if f.Decodable {
+			f.Render = max(f.Done, lastRender)
+			lastRender = f.Render
+		}
+	}
+	if decode {
+		v.decode(frames, rep)
+	}
+	rep.Frames = make([]frameRec, len(frames))
+	for i, f := range frames {
+		rep.Frames[i] = f.frameRec
+	}
+	return rep
+}
+
+// decode feeds the decodable frames to libavcodec and notes the size of
+// each picture, and any error: a switch that did not land on a keyframe
+// shows as a unit that does not decode, or a picture of the wrong size.
+func (v *netemViewer) decode(frames []*frameBuild, rep *viewerReport) {
+	dec, err := av.NewDecoder("H264")
+	if err != nil {
+		rep.DecodeErrors++
+		rep.DecodeError = err.Error()
+		return
+	}
+	defer dec.Close()
+	var asm h264.Assembler
+	seq := uint16(0)
+	for i, f := range frames {
+		if !f.Decodable {
+			continue
+		}
+		var au *h264.AU
+		for j, s := range f.media {
+			r := v.pkts[s]
+			seq++
+			au = asm.Push(seq, r.ts, j == len(f.media)-1, r.payload)
+		}
+		if au == nil || au.Damaged {
+			rep.DecodeErrors++
+			if rep.DecodeError == "" {
+				rep.DecodeError = fmt.Sprintf("frame %d (ts %d): not rebuilt", i, f.TS)
+			}
+			continue
+		}
+		err := dec.Decode(au.Data, int64(i), func(fr *av.Frame) error {
+			if k := int(fr.PTS()); k >= 0 && k < len(frames) {
+				frames[k].DW, frames[k].DH = fr.Width(), fr.Height()
+			}
+			return nil
+		})
+		if err != nil {
+			rep.DecodeErrors++
+			if rep.DecodeError == "" {
+				rep.DecodeError = fmt.Sprintf("frame %d (ts %d): %v", i, f.TS, err)
+			}
+		}
+	}
+}
+
+// netemKeyframe reports whether an RTP payload carries an SPS or starts an
+// IDR slice. It is written apart from media/h264, as mediatest's is, so the
+// server's parser does not judge itself.
+func netemKeyframe(payload []byte) bool {
+	if len(payload) < 2 {
+		return false
+	}
+	switch payload[0] & 0x1f {
+	case 5, 7:
+		return true
+	case 24: // STAP-A
+		for b := payload[1:]; len(b) > 2; {
+			size := int(b[0])<<8 | int(b[1])
+			if size == 0 || 2+size > len(b) {
+				return false
+			}
+			if t := b[2] & 0x1f; t == 5 || t == 7 {
+				return true
+			}
+			b = b[2+size:]
+		}
+	case 28: // FU-A
+		return payload[1]&0x80 != 0 && payload[1]&0x1f == 5
+	}
+	return false
+}
+
+// delayedConn delays every datagram written by a fixed time, keeping their
+// order: the link's latency, on the viewer's side.
+type delayedConn struct {
+	*net.UDPConn
+	delay time.Duration
+	q     chan delayed
+	done  chan struct{}
+	once  sync.Once
+	wg    sync.WaitGroup
+}
+
+type delayed struct {
+	at   time.Time
+	b    []byte
+	addr net.Addr
+}
+
+func newDelayedConn(c *net.UDPConn, d time.Duration) *delayedConn {
+	dc := &delayedConn{UDPConn: c, delay: d, q: make(chan delayed, 4096), done: make(chan struct{})}
+	if d > 0 {
+		dc.wg.Add(1)
+		go dc.run()
+	}
+	return dc
+}
+
+func (c *delayedConn) WriteTo(b []byte, addr net.Addr) (int, error) {
+	if c.delay <= 0 {
+		return c.UDPConn.WriteTo(b, addr)
+	}
+	select {
+	case c.q <- delayed{at: time.Now().Add(c.delay), b: slices.Clone(b), addr: addr}:
+	case <-c.done:
+		return 0, net.ErrClosed
+	default: // the queue is full: the datagram is lost, as on a link
+	}
+	return len(b), nil
+}
+
+func (c *delayedConn) run() {
+	defer c.wg.Done()
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	for {
+		var d delayed
+		select {
+		case <-c.done:
+			return
+		case d = <-c.q:
+		}
+		if wait := time.Until(d.at); wait > 0 {
+			t.Reset(wait)
+			select {
+			case <-c.done:
+				return
+			case <-t.C:
+			}
+		}
+		c.UDPConn.WriteTo(d.b, d.addr)
+	}
+}
+
+func (c *delayedConn) Close() error {
+	var err error
+	c.once.Do(func() {
+		close(c.done)
+		err = c.UDPConn.Close()
+		c.wg.Wait()
+	})
+	return err
+}
