@@ -1,8 +1,11 @@
 package transcode
 
 import (
+	"errors"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,19 +31,37 @@ import (
 // plus every rung), and the ffmpeg CLI's CPU for the same ladder with the
 // same x264 settings, measured in the same run, as a ratio.
 func BenchmarkLadder(b *testing.B) {
+	dir := b.TempDir()
 	for _, src := range []struct{ size, bitrate string }{{"1280x720", "3M"}, {"1920x1080", "6M"}} {
-		size := src.size
 		// OBS-like sources: High profile with B-frames at the bit rates
-		// OBS users stream at, made once for every preset.
-		aus, pts, mkv := transcodetest.Make(b, transcodetest.Clip{Seconds: "5", Size: size, Profile: "high", Noise: true, Bitrate: src.bitrate})
+		// OBS users stream at, made once for every preset that runs.
+		var in *transcodetest.Input
+		input := func(b *testing.B) *transcodetest.Input {
+			if in == nil {
+				sub := filepath.Join(dir, src.size)
+				if err := os.MkdirAll(sub, 0o755); err != nil {
+					b.Fatal(err)
+				}
+				var err error
+				in, err = transcodetest.Generate(sub, transcodetest.Clip{Seconds: "5", Size: src.size, Profile: "high", Noise: true, Bitrate: src.bitrate})
+				if errors.Is(err, transcodetest.ErrNoFFmpeg) {
+					b.Skip(err)
+				} else if err != nil {
+					b.Fatal(err)
+				}
+			}
+			return in
+		}
 		for _, preset := range []string{"veryfast", "superfast", "ultrafast"} {
-			benchmarkLadder(b, size, preset, aus, pts, mkv)
+			benchmarkLadder(b, src.size, preset, input)
 		}
 	}
 }
 
-func benchmarkLadder(b *testing.B, size, preset string, aus [][]byte, pts []int64, mkv string) {
+func benchmarkLadder(b *testing.B, size, preset string, input func(*testing.B) *transcodetest.Input) {
 	b.Run(size+"/"+preset, func(b *testing.B) {
+		in := input(b)
+		aus, pts, mkv := in.AUs, in.PTS, in.MKV
 		content := 5.0
 		cfg := DefaultConfig()
 		cfg.Preset = preset

@@ -207,11 +207,16 @@ func measure(src *source, cfg transcode.Config, rc runConfig) (res result, err e
 		if readers != nil || len(outs) < 2 {
 			return
 		}
-		// The rungs below the source: each frame is encoded into them
-		// after the source rung, so the last one bounds the frame's
-		// latency. (A re-encoded source's hub continues an earlier
-		// numbering, so its timestamps cannot be matched.)
-		for _, o := range outs[1:] {
+		// The encoded rungs. An H.264 source rung that is re-encoded took
+		// over a hub that first carried the source itself, and continues
+		// its numbering, so its timestamps cannot be matched to source
+		// frames: it is left out. An H.265 one is re-encoded from the
+		// first frame and kept.
+		rungs := outs[1:]
+		if src.codec == "H265" {
+			rungs = outs
+		}
+		for _, o := range rungs {
 			if sub := o.Hub.Subscribe(); sub != nil {
 				readers = append(readers, &reader{out: o, sub: sub, at: make(map[uint32]time.Time, n), keep: rc.Quality})
 			}

@@ -22,7 +22,9 @@
 //   - p50, p99: per-frame latency, from a source frame's last packet
 //     entering the hub to its first packet published on the last rung
 //     (every rung's, for frames a rung shed), leaving out the first second
-//     (its first frame waits for every encoder to open);
+//     (its first frame waits for every encoder to open). A re-encoded
+//     H.264 source rung is not among the rungs timed (its hub's numbering
+//     continues the passthrough's); an H.265 one is;
 //   - dropped: rung frames shed because the pipeline fell behind (then
 //     core-s is not the full ladder's cost);
 //   - ffmpeg: the ffmpeg CLI's CPU per content second for the same ladder

@@ -1,7 +1,8 @@
 // Package av is Cascade's only door to libavcodec, libswscale and libx264
-// (through github.com/asticode/go-astiav, which holds the cgo). It offers
-// three small things: an H.264 and H.265 decoder, a scaler and an H.264
-// encoder tuned for WebRTC, each owning its C memory and freed by Close.
+// (through github.com/asticode/go-astiav, which holds the cgo but for one
+// call in frame.go). It offers three small things: an H.264 and H.265
+// decoder, a scaler and an H.264 encoder tuned for WebRTC, each owning its
+// C memory and freed by Close.
 //
 // None of its types is safe for concurrent use: each belongs to one
 // transcoding goroutine.
@@ -38,9 +39,13 @@ func (f *Frame) PTS() int64 { return f.f.Pts() }
 // Close frees the frame.
 func (f *Frame) Close() { f.f.Free() }
 
-// AppendLuma appends the picture's luma plane, tightly packed (Width bytes
-// a row), to buf; it is for measuring quality, not for the ladder.
+// AppendLuma appends the luma plane of an 8-bit YUV 4:2:0 picture,
+// tightly packed (Width bytes a row), to buf; it is for measuring quality,
+// not for the ladder.
 func (f *Frame) AppendLuma(buf []byte) ([]byte, error) {
+	if pf := f.f.PixelFormat(); pf != astiav.PixelFormatYuv420P && pf != astiav.PixelFormatYuvj420P {
+		return buf, fmt.Errorf("av: luma of a %s picture", pf)
+	}
 	size, err := f.f.ImageBufferSize(1)
 	if err != nil {
 		return buf, fmt.Errorf("av: luma: %w", err)

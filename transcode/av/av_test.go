@@ -209,3 +209,81 @@ func FuzzDecoder(f *testing.F) {
 		})
 	})
 }
+
+// TestDecoderH265 decodes a libx265 clip (B-frames, as cameras may send)
+// at its size, every frame but the few a reordering decoder holds back.
+func TestDecoderH265(t *testing.T) {
+	aus, pts, _ := transcodetest.Make(t, transcodetest.Clip{Codec: "H265", Seconds: "1", Size: "640x360"})
+	dec, err := NewDecoder("H265")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dec.Close()
+	frames := 0
+	for i, au := range aus {
+		if err := dec.Decode(au, pts[i], func(f *Frame) error {
+			if f.Width() != 640 || f.Height() != 360 {
+				t.Fatalf("frame %dx%d", f.Width(), f.Height())
+			}
+			frames++
+			return nil
+		}); err != nil {
+			t.Fatalf("AU %d: %v", i, err)
+		}
+	}
+	if frames < len(aus)-5 {
+		t.Fatalf("%d frames from %d access units", frames, len(aus))
+	}
+	if _, err := NewDecoder("VP8"); err == nil {
+		t.Fatal("a VP8 decoder was made")
+	}
+}
+
+// TestScalerReusesOnlyFreePictures: the scaler writes each picture into
+// the last one's memory, but never into a picture someone still holds
+// (an encoder that queues frames, say): that one keeps its pixels.
+func TestScalerReusesOnlyFreePictures(t *testing.T) {
+	src, pts := transcodetest.Source(t, "1", "baseline")
+	dec, err := NewDecoder("H264")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dec.Close()
+	var frames []*Frame
+	for i, au := range src[:20] {
+		dec.Decode(au, pts[i], func(f *Frame) error {
+			frames = append(frames, &Frame{f: f.f.Clone()})
+			return nil
+		})
+	}
+	defer func() {
+		for _, f := range frames {
+			f.Close()
+		}
+	}()
+	s := NewScaler(320, 180)
+	defer s.Close()
+	first, err := s.Scale(frames[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := &Frame{f: first.f.Clone()} // a second reference to the same memory
+	defer held.Close()
+	want, _ := held.AppendLuma(nil)
+	last, err := s.Scale(frames[len(frames)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := held.AppendLuma(nil); !bytes.Equal(got, want) {
+		t.Fatal("the scaler wrote over a picture still held elsewhere")
+	}
+	if now, _ := last.AppendLuma(nil); bytes.Equal(now, want) {
+		t.Fatal("the scaler returned the old picture for a different frame")
+	}
+	// Identity: a picture already at the size is returned as is.
+	s2 := NewScaler(1280, 720)
+	defer s2.Close()
+	if same, err := s2.Scale(frames[0]); err != nil || same != frames[0] {
+		t.Fatalf("scaling to the same size: %v, copy %v", err, same != frames[0])
+	}
+}
