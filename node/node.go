@@ -182,6 +182,7 @@ func New(cfg Config, log *slog.Logger) (n *Node, err error) {
 	if n.pulls, err = rtsp.NewPulls(cfg.Sources, n.reg, pr, log); err != nil {
 		return nil, err
 	}
+	ingest.SetPullSources(n.pulls.Has)
 	if cfg.RTSP.Listen != "" {
 		if n.rtsp, err = rtsp.New(cfg.RTSP, n.reg, cfg.Auth, cfg.Cluster.Secret, n.pulls, pr, log); err != nil {
 			return nil, err

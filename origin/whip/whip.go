@@ -32,7 +32,14 @@ type Endpoint struct {
 	m    *metrics
 
 	place atomic.Pointer[func(wish.Offer) error]
+	// pulled reports the streams a configured pull source feeds: a WHIP
+	// publisher must not take those over (RTSP publishers get 403 too).
+	pulled atomic.Pointer[func(stream string) bool]
 }
+
+// SetPullSources sets the test for streams fed by a pull source; offers
+// for them are refused with 403.
+func (e *Endpoint) SetPullSources(has func(stream string) bool) { e.pulled.Store(&has) }
 
 // SetPlacement sets a check run first on every offer: it may answer with a
 // redirect to another node (wish.Redirect) or a refusal.
@@ -96,6 +103,9 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 	}
 	if err := e.auth.CheckPublish(o.Stream, o.Token); err != nil {
 		return nil, "", wish.ErrUnauth
+	}
+	if fn := e.pulled.Load(); fn != nil && (*fn)(o.Stream) {
+		return nil, "", wish.Errorf(403, "pull_source", "stream %q is fed by a pull source", o.Stream)
 	}
 	if err := checkOffer(o.SDP); err != nil {
 		return nil, "", err

@@ -35,6 +35,21 @@ func newEndpoint(t testing.TB) *Endpoint {
 	return New(eng, reg, auth.Config{OpenPublish: true}, prometheus.NewRegistry(), log)
 }
 
+// A stream that a configured pull source feeds cannot be taken over by a
+// WHIP publisher, as an RTSP publisher cannot; other streams still can.
+func TestPullSourceRefused(t *testing.T) {
+	e := newEndpoint(t)
+	e.SetPullSources(func(stream string) bool { return stream == "cam" })
+	_, _, err := e.Offer(context.Background(), wish.Offer{Stream: "cam", SDP: "v=0\r\n"})
+	if we, ok := err.(*wish.Error); !ok || we.Status != 403 {
+		t.Fatalf("offer for a pull source: %v, want a 403", err)
+	}
+	_, _, err = e.Offer(context.Background(), wish.Offer{Stream: "other", SDP: "v=0\r\n"})
+	if we, ok := err.(*wish.Error); !ok || we.Status != 400 {
+		t.Fatalf("offer for another stream: %v, want the 400 of its bad SDP", err)
+	}
+}
+
 // FuzzOffer runs hostile offers through the whole WHIP path, pion's SDP
 // handling included: every input is answered or refused, never a panic,
 // and refusals are client errors.
