@@ -22,9 +22,6 @@ const OpusFrameSize = OpusRate / 50
 // 768 bytes per channel.
 const maxAudioPacket = 64 << 10
 
-// inputPadding is libavcodec's AV_INPUT_BUFFER_PADDING_SIZE.
-const inputPadding = 64
-
 // AudioFrame is decoded or converted audio, owned by whoever made it and
 // valid until its next use or Close.
 type AudioFrame struct {
@@ -107,32 +104,10 @@ func (d *AudioDecoder) Decode(data []byte, fn func(*AudioFrame) error) error {
 	if len(data) > maxAudioPacket {
 		return fmt.Errorf("av: audio packet of %d bytes", len(data))
 	}
-	// Decoders read up to inputPadding bytes past the end, which must be
-	// zeros; go-astiav v0.16's FromData allocates none, so they go in
-	// with the data and come off the size.
-	d.buf = append(append(d.buf[:0], data...), make([]byte, inputPadding)...)
-	if err := d.pkt.FromData(d.buf); err != nil {
-		return fmt.Errorf("av: packet: %w", err)
+	if err := send(d.cc, d.pkt, &d.buf, data, astiav.NoPtsValue); err != nil {
+		return err
 	}
-	d.pkt.SetSize(len(data))
-	err := d.cc.SendPacket(d.pkt)
-	d.pkt.Unref()
-	if err != nil && !errors.Is(err, astiav.ErrEagain) {
-		return fmt.Errorf("av: decode: %w", err)
-	}
-	for {
-		if err := d.cc.ReceiveFrame(d.out.f); err != nil {
-			if errors.Is(err, astiav.ErrEagain) || errors.Is(err, astiav.ErrEof) {
-				return nil
-			}
-			return fmt.Errorf("av: decode: %w", err)
-		}
-		err := fn(d.out)
-		d.out.f.Unref()
-		if err != nil {
-			return err
-		}
-	}
+	return receive(d.cc, d.out.f, func() error { return fn(d.out) })
 }
 
 // Close frees the decoder.

@@ -63,6 +63,7 @@ type Decoder struct {
 	cc  *astiav.CodecContext
 	pkt *astiav.Packet
 	out *Frame
+	buf []byte
 }
 
 // NewDecoder returns a decoder for codec, named as in RTP and media.Hub:
@@ -100,25 +101,49 @@ func NewDecoder(codec string) (*Decoder, error) {
 // unit is an error; the decoder stays usable and recovers at the next
 // keyframe.
 func (d *Decoder) Decode(au []byte, pts int64, fn func(*Frame) error) error {
-	if err := d.pkt.FromData(au); err != nil {
+	if err := send(d.cc, d.pkt, &d.buf, au, pts); err != nil {
+		return err
+	}
+	return receive(d.cc, d.out.f, func() error { return fn(d.out) })
+}
+
+// inputPadding is libavcodec's AV_INPUT_BUFFER_PADDING_SIZE.
+const inputPadding = 64
+
+var zeros [inputPadding]byte
+
+// send hands one coded unit to a decoder. Decoders read up to inputPadding
+// bytes past the end of a packet, which must be zeros; go-astiav v0.16's
+// FromData allocates none, so they go in with the data (copied into buf,
+// reused from call to call) and come off the size.
+func send(cc *astiav.CodecContext, pkt *astiav.Packet, buf *[]byte, data []byte, pts int64) error {
+	*buf = append(append((*buf)[:0], data...), zeros[:]...)
+	if err := pkt.FromData(*buf); err != nil {
 		return fmt.Errorf("av: packet: %w", err)
 	}
-	d.pkt.SetPts(pts)
-	d.pkt.SetDts(pts)
-	err := d.cc.SendPacket(d.pkt)
-	d.pkt.Unref()
+	pkt.SetSize(len(data))
+	pkt.SetPts(pts)
+	pkt.SetDts(pts)
+	err := cc.SendPacket(pkt)
+	pkt.Unref()
 	if err != nil && !errors.Is(err, astiav.ErrEagain) {
 		return fmt.Errorf("av: decode: %w", err)
 	}
+	return nil
+}
+
+// receive calls fn for every frame the decoder has completed, each in out
+// (valid only during fn), until it needs more input.
+func receive(cc *astiav.CodecContext, out *astiav.Frame, fn func() error) error {
 	for {
-		if err := d.cc.ReceiveFrame(d.out.f); err != nil {
+		if err := cc.ReceiveFrame(out); err != nil {
 			if errors.Is(err, astiav.ErrEagain) || errors.Is(err, astiav.ErrEof) {
 				return nil
 			}
 			return fmt.Errorf("av: decode: %w", err)
 		}
-		err := fn(d.out)
-		d.out.f.Unref()
+		err := fn()
+		out.Unref()
 		if err != nil {
 			return err
 		}
