@@ -32,6 +32,7 @@ type Cluster struct {
 	dir       *directory
 	queue     *memberlist.TransmitLimitedQueue
 	encrypted bool
+	regions   Regions
 
 	mu           sync.Mutex
 	self         metaWire
@@ -105,6 +106,7 @@ func Start(cfg Config, self Meta, lg *slog.Logger, reg prometheus.Registerer) (*
 		sendCh:   make(chan resync, 128),
 		pushPull: make(chan string, 1),
 	}
+	c.regions, _ = NewRegions(cfg.Regions) // validated above
 	if n := len(encodeMeta(c.self)); n > memberlist.MetaMaxSize {
 		return nil, fmt.Errorf("cluster: node metadata is %d bytes, over memberlist's %d", n, memberlist.MetaMaxSize)
 	}
@@ -200,6 +202,10 @@ func (c *Cluster) SetLoad(l Load) {
 	c.self.Load = l
 	c.mu.Unlock()
 }
+
+// RegionOf returns the region cluster.regions maps a client address to
+// ("ip:port" or "ip"), or "".
+func (c *Cluster) RegionOf(addr string) string { return c.regions.Lookup(addr) }
 
 // SetDraining marks this node draining (or not): it gets no new viewers,
 // publishers or relays. Gossiped at once.

@@ -41,6 +41,12 @@ type Config struct {
 	// own region first.
 	Region string `yaml:"region"`
 	Zone   string `yaml:"zone"`
+	// Regions maps viewers to regions by their address, for placement
+	// when the request has no region header (node.RegionHeader): region
+	// name to a list of CIDRs; the most specific subnet wins. Empty maps
+	// nobody. Behind a proxy every viewer has the proxy's address: set the
+	// header there instead.
+	Regions map[string][]string `yaml:"regions"`
 	// Capacity is how many viewers this node serves before it sends them
 	// elsewhere; 0 takes none (an ingest-only origin).
 	Capacity int `yaml:"capacity"`
@@ -107,6 +113,9 @@ func (c Config) Validate() error {
 	}
 	if !validLabel(c.Zone) {
 		return fmt.Errorf("cluster: zone %q: at most %d of [A-Za-z0-9._-]", c.Zone, MaxLabelLen)
+	}
+	if _, err := NewRegions(c.Regions); err != nil {
+		return err
 	}
 	if c.Capacity < 0 || c.Capacity > maxCount {
 		return fmt.Errorf("cluster: capacity %d is not in [0, %d]", c.Capacity, maxCount)

@@ -38,7 +38,23 @@ type member struct {
 	announced map[string]string // stream -> rungs announced, joined
 	stop      chan struct{}
 	done      chan struct{}
+
+	// Load sampling, owned by run (the figures under loadMu): CPU busy
+	// fraction of the machine and egress bit rate, measured over
+	// loadEvery.
+	cpu       func() float64 // busy fraction since the previous call
+	sampledAt time.Time
+	sentBytes uint64
+	loadMu    sync.Mutex
+	cpuFrac   float64
+	egressBps int64
 }
+
+// loadEvery is how often CPU and egress are measured: often enough for
+// placement (which sees them a gossip round later anyway), rarely enough
+// to cost nothing; the averaging smooths bursts (a keyframe to every
+// viewer).
+const loadEvery = 2 * time.Second
 
 // startMember joins the cluster when the node has a role.
 func (n *Node) startMember(pr prometheus.Registerer) error {
@@ -67,9 +83,12 @@ func (n *Node) startMember(pr prometheus.Registerer) error {
 		n.log.Warn("gossip is not encrypted and relay reads are open: set cluster.secret")
 	}
 	m := &member{n: n, c: c, log: n.log.With("component", "cluster"), announced: map[string]string{},
-		stop: make(chan struct{}), done: make(chan struct{}),
+		stop: make(chan struct{}), done: make(chan struct{}), cpu: cluster.NewCPUMeter().Sample,
 		redirects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cascade_redirects_total",
 			Help: "WHIP/WHEP requests sent to another node (307) or refused for lack of room (503), by protocol and reason."}, []string{"protocol", "reason"})}
+	if n.cfg.cpuSample != nil {
+		m.cpu = n.cfg.cpuSample
+	}
 	pr.MustRegister(m.redirects)
 	n.member = m
 	go m.run()
@@ -99,7 +118,11 @@ func (m *member) run() {
 	defer close(m.done)
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	m.sample(time.Now()) // primes the meters
 	for {
+		if now := time.Now(); now.Sub(m.sampledAt) >= loadEvery {
+			m.sample(now)
+		}
 		m.report()
 		select {
 		case <-m.stop:
@@ -145,12 +168,31 @@ func (m *member) report() {
 	}
 }
 
-// updateLoad sets this node's load from its sessions now. Placement calls
-// it first, so a node judges its own room exactly (others see it a gossip
-// round later).
+// sample measures CPU and egress since the previous sample.
+func (m *member) sample(now time.Time) {
+	cpu := m.cpu()
+	sent := m.n.egressBytes()
+	var bps int64
+	if !m.sampledAt.IsZero() && sent >= m.sentBytes {
+		if dt := now.Sub(m.sampledAt).Seconds(); dt > 0 {
+			bps = int64(float64(sent-m.sentBytes) * 8 / dt)
+		}
+	}
+	m.sampledAt, m.sentBytes = now, sent
+	m.loadMu.Lock()
+	m.cpuFrac, m.egressBps = cpu, bps
+	m.loadMu.Unlock()
+}
+
+// updateLoad sets this node's load: its sessions now, and the last CPU
+// and egress samples. Placement calls it first, so a node judges its own
+// room exactly (others see it a gossip round later).
 func (m *member) updateLoad() {
 	_, viewers := m.n.Sessions()
-	m.c.SetLoad(cluster.Load{Viewers: viewers, Capacity: m.n.cfg.Cluster.Capacity})
+	m.loadMu.Lock()
+	cpu, bps := m.cpuFrac, m.egressBps
+	m.loadMu.Unlock()
+	m.c.SetLoad(cluster.Load{Viewers: viewers, Capacity: m.n.cfg.Cluster.Capacity, CPU: cpu, EgressBps: bps})
 }
 
 // parent names the RTSP base URL to relay stream from.
@@ -171,6 +213,9 @@ func (m *member) placeViewer(o wish.Offer) error {
 	region := ""
 	if o.Header != nil {
 		region = o.Header.Get(RegionHeader)
+	}
+	if region == "" {
+		region = m.c.RegionOf(o.Remote) // cluster.regions, by client subnet
 	}
 	m.updateLoad()
 	d := m.c.PlaceViewer(o.Stream, region, redirected)
@@ -208,6 +253,23 @@ func (m *member) view(w http.ResponseWriter, _ *http.Request) {
 
 // drain tells the cluster this node takes nothing new.
 func (m *member) drain() { m.c.SetDraining(true) }
+
+// moveTarget is the WHEP URL a viewer of stream on this draining node is
+// told to reconnect to: the best other edge with room, preferring this
+// node's own region (its viewers were placed here for it), or "" when
+// there is none (the player then retries where it was, and is placed or
+// refused there).
+func (m *member) moveTarget(stream string) string {
+	best, _, ok := cluster.PickEdge(m.c.Members(), stream, m.n.cfg.Cluster.Region, m.c.Name())
+	if !ok || best.HTTP == "" {
+		m.log.Warn("draining, and no other edge has room", "stream", stream)
+		return ""
+	}
+	// With the hop marker: the move is a redirect, and the other edge may
+	// not have heard yet that this one drains; without it, it could send
+	// the viewer straight back here.
+	return best.HTTP + "/whep/" + url.PathEscape(stream) + "?" + hopParam + "=1"
+}
 
 // close leaves the cluster.
 func (m *member) close() {

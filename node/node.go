@@ -52,7 +52,21 @@ type Config struct {
 	// Pprof serves Go's profiler under /debug/pprof/ on the HTTP port.
 	// Off by default: profiles reveal internals.
 	Pprof bool `yaml:"pprof"`
+	// DrainTimeout is how long a stopping node (SIGTERM, Shutdown) keeps
+	// its sessions after telling its viewers to move elsewhere; it closes
+	// sooner once they have all gone, but not before MinDrain, so that load
+	// balancers see /readyz fail. Keep it below the orchestrator's grace
+	// period (Kubernetes: 30 s).
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
+
+	// cpuSample replaces the machine's CPU meter (tests: nodes sharing one
+	// busy machine must not all look full).
+	cpuSample func() float64
 }
+
+// MinDrain is the least time a stopping node keeps answering (503 to new
+// sessions, /readyz failing) when its drain timeout allows it.
+const MinDrain = 2 * time.Second
 
 // DefaultConfig is the all-in-one node's configuration: publishing is open,
 // which New logs loudly.
@@ -69,6 +83,9 @@ func DefaultConfig() Config {
 		Sources:   map[string]rtsp.SourceConfig{},
 		Relay:     RelayConfig{IdleTimeout: 30 * time.Second},
 		Cluster:   defaultCluster(),
+		// Long enough for a player to hear "reconnect", POST elsewhere and
+		// get its first frames there (about a second on a LAN).
+		DrainTimeout: 5 * time.Second,
 	}
 }
 
@@ -122,6 +139,9 @@ func (c Config) Validate() error {
 			return err
 		}
 	}
+	if c.DrainTimeout < 0 {
+		return errors.New("drain_timeout must be >= 0")
+	}
 	if c.Relay.IdleTimeout < time.Second {
 		return errors.New("relay.idle_timeout must be at least 1s")
 	}
@@ -151,7 +171,12 @@ type Node struct {
 	srv    *http.Server
 
 	closeOnce sync.Once
+	drainOnce sync.Once
 	served    chan struct{}
+
+	// egressBytes counts the media bytes this node has sent: to viewers,
+	// and to relay readers (edges below it).
+	egressBytes func() uint64
 }
 
 // New starts a node: it binds every port before returning, so its
@@ -197,6 +222,12 @@ func New(cfg Config, log *slog.Logger) (n *Node, err error) {
 		return "", errors.New("no relay parent")
 	}
 	playback := whep.New(n.eng, streams{n.reg, n.pulls, n.relays}, pr, log)
+	n.egressBytes = playback.EgressBytes
+	if n.rtsp != nil {
+		// Edges below this one in a relay tree read what it relays.
+		n.rtsp.SetRelayed(n.relays.served)
+		n.egressBytes = func() uint64 { return playback.EgressBytes() + n.rtsp.RelayBytesOut() }
+	}
 	n.tc = &transcoders{cfg: cfg.Transcode, m: transcode.NewMetrics(pr), log: log, running: map[string]*transcode.Pipeline{}}
 	if cfg.Transcode.Enabled {
 		n.reg.OnStart(n.tc.start)
@@ -276,15 +307,57 @@ func (n *Node) URL() string {
 	return fmt.Sprintf("http://%s", net.JoinHostPort(host, fmt.Sprint(a.Port)))
 }
 
-// Drain starts a graceful shutdown: /readyz fails and new WHIP/WHEP POSTs
-// get 503, while existing sessions go on.
+// Drain starts a graceful shutdown: /readyz fails; new WHIP/WHEP POSTs
+// get 503, or in a cluster whatever placement says for a draining node
+// (a 307 to another node, 503 when none can take them); the cluster hears
+// this node is draining; and every viewer with an open event stream is
+// sent "reconnect" with another edge's WHEP URL (the best edge for its
+// stream, or {} when there is none: the player retries where it was).
+// Existing sessions go on until their players leave or Close.
+// Idempotent.
 func (n *Node) Drain() {
-	if n.member != nil {
-		n.member.drain()
+	n.drainOnce.Do(func() {
+		n.api.Drain()
+		if n.member != nil {
+			n.member.drain() // placement now sends every new POST elsewhere
+		} else {
+			n.whip.Drain()
+			n.whep.Drain()
+		}
+		target := func(string) string { return "" }
+		if n.member != nil {
+			target = n.member.moveTarget
+		}
+		n.whep.Reconnect(target)
+	})
+}
+
+// Shutdown drains the node, waits for its viewers to leave (at most
+// cfg.DrainTimeout, at least MinDrain within it, or until ctx ends), then
+// closes it. It is what `cascade` does on SIGTERM.
+func (n *Node) Shutdown(ctx context.Context) error {
+	start := time.Now()
+	n.Drain()
+	limit := n.cfg.DrainTimeout
+	least := min(MinDrain, limit)
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		since := time.Since(start)
+		_, viewers := n.Sessions()
+		if since >= limit || (viewers == 0 && since >= least) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return n.Close()
+		case <-t.C:
+		}
 	}
-	n.api.Drain()
-	n.whip.Drain()
-	n.whep.Drain()
+	if _, left := n.Sessions(); left > 0 {
+		n.log.Info("drain time over; closing the remaining viewers", "viewers", left)
+	}
+	return n.Close()
 }
 
 // Close drains, closes every session and stream, and stops serving.

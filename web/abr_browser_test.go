@@ -331,11 +331,13 @@ func TestBrowserABRControls(t *testing.T) {
 	})
 
 	// 5. "reconnect" with a URL on this origin: the page ends the session
-	// and offers there, keeping the viewer's choice.
-	s.emit(wish.ReconnectEvent{URL: srv.URL + "/whep/y"}.Event())
+	// and offers there, keeping the viewer's choice. The URL carries the
+	// cluster's hop marker (a draining edge sends one), which goes with the
+	// first offer and is dropped once the session is up.
+	s.emit(wish.ReconnectEvent{URL: srv.URL + "/whep/y?cascade_hop=1"}.Event())
 	s2 := next()
-	if s2.stream != "y" || s2.query.Get("rendition") != "480p" {
-		fail("reconnected to %s?%s, want y?rendition=480p", s2.stream, s2.query.Encode())
+	if s2.stream != "y" || s2.query.Get("rendition") != "480p" || s2.query.Get("cascade_hop") != "1" {
+		fail("reconnected to %s?%s, want y?rendition=480p&cascade_hop=1", s2.stream, s2.query.Encode())
 	}
 	select {
 	case <-s.closed: // the page DELETEd the old session
@@ -348,8 +350,8 @@ func TestBrowserABRControls(t *testing.T) {
 
 	// 6. "reconnect" without a URL: again, at the same endpoint.
 	s2.emit(wish.ReconnectEvent{}.Event())
-	if s3 := next(); s3.stream != "y" {
-		fail("reconnected to %s, want y", s3.stream)
+	if s3 := next(); s3.stream != "y" || s3.query.Has("cascade_hop") {
+		fail("reconnected to %s?%s, want y without the hop marker", s3.stream, s3.query.Encode())
 	}
 }
 

@@ -269,7 +269,12 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 	log.Debug("event stream open")
 
 	sw := &sseWriter{w: w, rc: rc, log: log, filter: filter}
-	reason := sw.run(r, ch, e.done, h.closing, h.heartbeat)
+	moved := func() Event {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return e.move
+	}
+	reason := sw.run(r, ch, e.done, h.closing, e.moved, moved, h.heartbeat)
 	log.Debug("event stream closed", "reason", reason)
 }
 
@@ -283,12 +288,18 @@ type sseWriter struct {
 }
 
 // run forwards events and heartbeats until one of the ends, and returns
-// why it stopped.
-func (s *sseWriter) run(r *http.Request, ch <-chan Event, done, closing <-chan struct{}, every time.Duration) string {
+// why it stopped. When moved closes, the event move returns is sent once
+// (the node's "reconnect", which does not come from the session).
+func (s *sseWriter) run(r *http.Request, ch <-chan Event, done, closing, moved <-chan struct{}, move func() Event, every time.Duration) string {
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
 		select {
+		case <-moved:
+			moved = nil
+			if err := s.event(move()); err != nil {
+				return "write_failed"
+			}
 		case <-r.Context().Done():
 			return "client_gone"
 		case <-done:

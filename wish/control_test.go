@@ -702,10 +702,52 @@ func TestEventStreamClosedChannel(t *testing.T) {
 	rec := httptest.NewRecorder()
 	sw := &sseWriter{w: rec, rc: http.NewResponseController(rec), log: slog.New(slog.DiscardHandler)}
 	req := httptest.NewRequest("GET", "/whep/live/x/events", nil)
-	if why := sw.run(req, ch, nil, nil, time.Hour); why != "session_ended" {
+	if why := sw.run(req, ch, nil, nil, nil, nil, time.Hour); why != "session_ended" {
 		t.Errorf("ended with %q", why)
 	}
 	if got, want := rec.Body.String(), "event: video\ndata: {\"paused\":false,\"reason\":\"resume\"}\n\n"; got != want {
 		t.Errorf("body %q, want %q", got, want)
+	}
+}
+
+// Reconnect (a draining node) sends one "reconnect" to every session with
+// events: on the streams open now and on one opened afterwards, with the
+// URL the node chose for the session's stream; sessions without events
+// are skipped, and a second call tells nobody twice.
+func TestReconnect(t *testing.T) {
+	ts := newTestServer(t)
+	loc, _, _ := ts.session(t, "")
+	ts.session(t, "?plain=1")
+	s := ts.open(t, loc+"/events")
+	if m := s.nextEvent(t); m.event != "layers" {
+		t.Fatalf("first event %+v", m)
+	}
+	asked := map[string]int{}
+	n := ts.h.Reconnect(func(stream string) string {
+		asked[stream]++
+		return "http://edge-b:8080/whep/" + stream
+	})
+	if n != 1 || asked["live"] != 1 || len(asked) != 1 {
+		t.Fatalf("told %d sessions, asked for %v; want 1 session and one question for live", n, asked)
+	}
+	want := sseMsg{event: "reconnect", data: `{"url":"http://edge-b:8080/whep/live"}`}
+	if m := s.nextEvent(t); m != want {
+		t.Fatalf("event %+v, want %+v", m, want)
+	}
+	// A player whose EventSource reconnects (or opens late) still hears it.
+	late := ts.open(t, loc+"/events")
+	got := map[string]string{}
+	for range 2 {
+		m := late.nextEvent(t)
+		got[m.event] = m.data
+	}
+	if got["reconnect"] != want.data || got["layers"] == "" {
+		t.Fatalf("late stream got %v, want layers and %s", got, want.data)
+	}
+	if n := ts.h.Reconnect(func(string) string { t.Error("asked again"); return "" }); n != 0 {
+		t.Errorf("second Reconnect told %d sessions", n)
+	}
+	if n := testutil.ToFloat64(ts.h.metrics.control.WithLabelValues("whep", "reconnect", "sent")); n != 1 {
+		t.Errorf("reconnect count %v, want 1", n)
 	}
 }

@@ -37,7 +37,9 @@ package wish
 //	           {"paused":true,"reason":"audio_only"} / {"paused":false,"reason":"resume"}
 //	reconnect  the node asks the player to start a new session, at url when
 //	           given (another edge, when this one drains), else at the
-//	           endpoint it used: {"url":"https://edge-b:8080/whep/live"}
+//	           endpoint it used: {"url":"https://edge-b:8080/whep/live"}.
+//	           The handler sends it itself (Handler.Reconnect), once per
+//	           session, also on event streams opened afterwards.
 //
 // "layers" here is Cascade's shape, not the draft's per-m-line simulcast
 // layers: our rungs are separate encodings chosen by name, not RIDs.

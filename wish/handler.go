@@ -107,10 +107,16 @@ type entry struct {
 	// done is closed when the resource goes away (DELETE, or the session
 	// ended), which ends its event streams.
 	done chan struct{}
+	// moved is closed when the node asks the session's player to go
+	// elsewhere (Reconnect); move is the event then sent on every event
+	// stream of the session, open or opened later.
+	moved chan struct{}
 	// The fields below are guarded by Handler.mu.
 	gen     int  // bumped at each ICE restart; part of the ETag
 	ended   bool // Ended was called, perhaps before the entry was listed
 	gone    bool // done is closed
+	move    Event
+	isMoved bool // moved is closed
 	streams int  // open event streams
 	// layerWindow and layerCount rate-limit layer selection.
 	layerWindow time.Time
@@ -166,6 +172,44 @@ func (h *Handler) Register(mux *http.ServeMux) {
 
 // Drain makes new POSTs fail with 503, for a graceful shutdown.
 func (h *Handler) Drain() { h.draining.Store(true) }
+
+// Reconnect asks the player of every session that sends events to start
+// a new session elsewhere: a "reconnect" event (events.go) with the URL
+// target returns for the session's stream ("" for the endpoint the player
+// used), on each of its event streams, open now or opened later. A node
+// that drains calls it so that its viewers move before it exits. It
+// returns how many sessions were told; the sessions themselves go on until
+// their players leave or the handler closes.
+func (h *Handler) Reconnect(target func(stream string) string) int {
+	h.mu.Lock()
+	var todo []*entry
+	for _, e := range h.sessions {
+		if _, ok := e.s.(EventSource); ok && !e.isMoved && !e.gone {
+			todo = append(todo, e)
+		}
+	}
+	h.mu.Unlock()
+	urls := map[string]string{} // target may cost a placement: once per stream
+	for _, e := range todo {
+		u, ok := urls[e.stream]
+		if !ok {
+			u = target(e.stream)
+			urls[e.stream] = u
+		}
+		h.mu.Lock()
+		if !e.isMoved {
+			e.move = ReconnectEvent{URL: u}.Event()
+			e.isMoved = true
+			close(e.moved)
+		}
+		h.mu.Unlock()
+	}
+	if h.metrics != nil && len(todo) > 0 {
+		h.metrics.control.WithLabelValues(h.kind, "reconnect", "sent").Add(float64(len(todo)))
+	}
+	h.log.Info("asked players to reconnect elsewhere", "sessions", len(todo), "streams", len(urls))
+	return len(todo)
+}
 
 // Sessions returns the number of open sessions.
 func (h *Handler) Sessions() int {
@@ -296,7 +340,7 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := newID()
-	e := &entry{stream: stream, done: make(chan struct{})}
+	e := &entry{stream: stream, done: make(chan struct{}), moved: make(chan struct{})}
 	ended := func() { // the session ended: drop its resource
 		h.mu.Lock()
 		e.ended = true

@@ -52,6 +52,9 @@ func normalize(c Config) Config {
 	if len(c.Auth.PublishKeys) == 0 {
 		c.Auth.PublishKeys = nil
 	}
+	if len(c.Cluster.Regions) == 0 {
+		c.Cluster.Regions = nil
+	}
 	return c
 }
 
@@ -140,6 +143,41 @@ func TestRoleCommandsCheckTheCluster(t *testing.T) {
 		var errOut bytes.Buffer
 		if code := run(args, nil, &bytes.Buffer{}, &errOut); code == 0 || !strings.Contains(errOut.String(), "cluster") {
 			t.Errorf("cascade %v: exit %d, %q", args, code, errOut.String())
+		}
+	}
+}
+
+// cluster.regions is a YAML map of region to CIDRs; a bad subnet or
+// region name stops the node at start, naming it.
+func TestClusterRegionsConfig(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	os.WriteFile(good, []byte("cluster:\n  regions:\n    eu-west: [\"10.1.0.0/16\", \"2001:db8:1::/48\"]\n    us-east: [\"10.2.0.0/16\", \"192.0.2.7\"]\n"), 0o600)
+	cfg, _, err := load([]string{"--config", good}, nil, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]string{"eu-west": {"10.1.0.0/16", "2001:db8:1::/48"}, "us-east": {"10.2.0.0/16", "192.0.2.7"}}
+	if !reflect.DeepEqual(cfg.Cluster.Regions, want) {
+		t.Fatalf("regions %v, want %v", cfg.Cluster.Regions, want)
+	}
+	if err := cfg.validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ yaml, want string }{
+		{"cluster:\n  role: origin\n  regions:\n    eu: [\"10.1.0.0/33\"]\n", "10.1.0.0/33"},
+		{"cluster:\n  role: origin\n  regions:\n    eu: [\"nonsense\"]\n", "nonsense"},
+		{"cluster:\n  role: origin\n  regions:\n    \"bad region\": [\"10.0.0.0/8\"]\n", "bad region"},
+		{"cluster:\n  role: origin\n  regions:\n    eu: [\"10.0.0.0/8\"]\n    us: [\"10.0.0.0/8\"]\n", "both"},
+	} {
+		path := filepath.Join(dir, "bad.yaml")
+		os.WriteFile(path, []byte(c.yaml), 0o600)
+		cfg, _, err := load([]string{"--config", path}, nil, &bytes.Buffer{})
+		if err == nil {
+			err = cfg.validate()
+		}
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: error %v, want one naming %q", c.yaml, err, c.want)
 		}
 	}
 }

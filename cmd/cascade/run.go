@@ -10,15 +10,10 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/cascade-cdn/cascade/cluster"
 	"github.com/cascade-cdn/cascade/node"
 )
-
-// drainTime is how long SIGTERM waits, answering 503 to new sessions,
-// before closing the ones in progress.
-const drainTime = 2 * time.Second
 
 // run is main without os.Exit, so tests can call it.
 func run(args, environ []string, stdout, stderr io.Writer) int {
@@ -55,10 +50,12 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 
 	<-ctx.Done()
 	stop()
-	log.Info("shutting down: draining", "for", drainTime)
-	n.Drain()
-	time.Sleep(drainTime)
-	n.Close()
+	// The drain tells viewers to move to another node and waits for them
+	// (drain_timeout at most); a second signal cuts it short.
+	log.Info("shutting down: draining", "for at most", cfg.DrainTimeout)
+	again, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	n.Shutdown(again)
 	log.Info("stopped")
 	return 0
 }

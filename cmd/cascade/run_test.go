@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/cascade-cdn/cascade/node"
 )
 
 // TestSIGTERMDrains runs the real main loop: on SIGTERM the node answers
@@ -43,7 +45,8 @@ func TestSIGTERMDrains(t *testing.T) {
 	}
 	syscall.Kill(syscall.Getpid(), syscall.SIGTERM)
 
-	deadline := time.Now().Add(drainTime)
+	drainTime := node.DefaultConfig().DrainTimeout
+	deadline := time.Now().Add(node.MinDrain)
 	var draining bool
 	for time.Now().Before(deadline) && !draining {
 		r, err := http.Post(base+"/whip/live", "application/sdp", strings.NewReader("v=0\r\n"))

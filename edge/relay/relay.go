@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/bluenviron/gortsplib/v5"
@@ -66,6 +67,9 @@ type Metrics struct {
 	sessions *prometheus.GaugeVec   // kind: rung, audio
 	bytes    prometheus.Counter     // payload bytes in
 	errors   *prometheus.CounterVec // reason
+	waiting  prometheus.Gauge       // sessions waiting to reconnect
+	streams  *prometheus.GaugeVec   // state: active, idle
+	garbage  prometheus.Counter     // packets refused
 }
 
 // NewMetrics registers the relay metrics.
@@ -75,8 +79,19 @@ func NewMetrics(pr prometheus.Registerer) *Metrics {
 		bytes:    prometheus.NewCounter(prometheus.CounterOpts{Name: "cascade_relay_bytes_in_total", Help: "RTP payload bytes pulled from parent nodes."}),
 		errors:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cascade_relay_errors_total", Help: "Relay sessions that failed or broke, by reason."}, []string{"reason"}),
 	}
-	pr.MustRegister(m.sessions, m.bytes, m.errors)
+	m.waiting = prometheus.NewGauge(prometheus.GaugeOpts{Name: "cascade_relay_reconnecting", Help: "Relay sessions waiting to reconnect to a parent (backoff) after a failure."})
+	m.streams = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cascade_relay_streams", Help: "Streams relayed from a parent, by state (active: watched here or read by edges below; idle: nobody, dropped after relay.idle_timeout)."}, []string{"state"})
+	m.garbage = prometheus.NewCounter(prometheus.CounterOpts{Name: "cascade_relay_bad_packets_total", Help: "Packets from a relay parent refused as malformed (not RTP, or not the media's payload type)."})
+	m.streams.WithLabelValues("active")
+	m.streams.WithLabelValues("idle")
+	pr.MustRegister(m.sessions, m.bytes, m.errors, m.waiting, m.streams, m.garbage)
 	return m
+}
+
+// SetStreams sets the relayed streams by state.
+func (m *Metrics) SetStreams(active, idle int) {
+	m.streams.WithLabelValues("active").Set(float64(active))
+	m.streams.WithLabelValues("idle").Set(float64(idle))
 }
 
 // Pull relays one stream from a parent.
@@ -90,8 +105,10 @@ type Pull struct {
 	rungs []*rungFeed
 	audio *media.Hub
 	done  chan struct{}
-	wg    sync.WaitGroup
-	once  sync.Once
+	// lastGarbage rate-limits the log of refused packets (unix ns).
+	lastGarbage atomic.Int64
+	wg          sync.WaitGroup
+	once        sync.Once
 }
 
 type rungFeed struct {
@@ -162,6 +179,9 @@ func (p *Pull) Rungs() []Rung {
 
 // Audio is the relayed audio's hub.
 func (p *Pull) Audio() *media.Hub { return p.audio }
+
+// Done is closed when the relay is closed.
+func (p *Pull) Done() <-chan struct{} { return p.done }
 
 // Pulled returns the names of the rungs being pulled now.
 func (p *Pull) Pulled() []string {
@@ -259,13 +279,17 @@ func (p *Pull) run(name string, index int, hub *media.Hub, stop <-chan struct{},
 		}
 		wait := backoff/2 + rand.N(backoff/2+1)
 		p.log.Warn("relay session broke; reconnecting", "media", name, "in", wait.Round(time.Millisecond), "err", err)
+		p.m.waiting.Inc()
 		select {
 		case <-stop:
+			p.m.waiting.Dec()
 			return
 		case <-p.done:
+			p.m.waiting.Dec()
 			return
 		case <-time.After(wait):
 		}
+		p.m.waiting.Dec()
 		backoff = min(backoff*2, maxBackoff)
 	}
 }
@@ -302,7 +326,23 @@ func (p *Pull) url() (*base.URL, error) {
 
 func (p *Pull) client(u *base.URL) *gortsplib.Client {
 	tcp := gortsplib.ProtocolTCP // through firewalls, and no reordering
-	return &gortsplib.Client{Scheme: u.Scheme, Host: u.Host, Protocol: &tcp, ReadTimeout: 5 * time.Second}
+	return &gortsplib.Client{Scheme: u.Scheme, Host: u.Host, Protocol: &tcp, ReadTimeout: 5 * time.Second,
+		// A parent that sends garbage: what does not decode (not RTP, an
+		// unknown payload type) is dropped, counted and logged, rate-limited;
+		// the session goes on. A frame over gortsplib's MaxPacketSize (1,472
+		// bytes, more than any packet made for WebRTC) breaks the session,
+		// which reconnects with backoff.
+		OnDecodeError: func(err error) { p.refuse("decode", err) }}
+}
+
+// refuse counts a packet refused from the parent and logs the first one
+// of each few seconds.
+func (p *Pull) refuse(why string, err error) {
+	p.m.garbage.Inc()
+	now := time.Now().UnixNano()
+	if last := p.lastGarbage.Load(); now-last > int64(5*time.Second) && p.lastGarbage.CompareAndSwap(last, now) {
+		p.log.Warn("refusing bad packets from the relay parent", "why", why, "err", err)
+	}
 }
 
 // describe fetches the stream's description from the parent.

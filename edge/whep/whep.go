@@ -69,6 +69,25 @@ type Endpoint struct {
 	log     *slog.Logger
 	m       *metrics
 	place   atomic.Pointer[func(wish.Offer) error]
+	// egress counts the media bytes sent to viewers (RTP payload, repairs
+	// included), for the load a clustered node gossips: one atomic add per
+	// packet, where the per-stream Prometheus series would need a Gather.
+	egress atomic.Uint64
+}
+
+// EgressBytes returns the RTP payload bytes sent to viewers so far.
+func (e *Endpoint) EgressBytes() uint64 { return e.egress.Load() }
+
+// countingCounter is a viewer's bytes series that also adds to the
+// endpoint's total.
+type countingCounter struct {
+	prometheus.Counter
+	total *atomic.Uint64
+}
+
+func (c countingCounter) Add(v float64) {
+	c.Counter.Add(v)
+	c.total.Add(uint64(v))
 }
 
 // SetPlacement sets a check run first on every offer: it may answer with a
@@ -257,7 +276,7 @@ func (s *session) addTrack(kind webrtc.RTPCodecType, hub *media.Hub, codec webrt
 	}
 	m := s.e.m
 	o.packets = m.packets.WithLabelValues(s.stream, o.kind)
-	o.bytes = m.bytes.WithLabelValues(s.stream, o.kind)
+	o.bytes = countingCounter{m.bytes.WithLabelValues(s.stream, o.kind), &s.e.egress}
 	o.drops = m.drops.WithLabelValues(s.stream, o.kind)
 	s.wg.Add(1) // Offer's goroutine: nothing can Wait before it returns
 	go s.readRTCP(sender, o)
@@ -364,6 +383,7 @@ func (s *session) readRTCP(sender *webrtc.RTPSender, o *output) {
 							hdr = rtp.Header{Version: 2, Marker: pkt.Marker, SequenceNumber: seq, Timestamp: pkt.Timestamp + off}
 							if o.track.write(&hdr, pkt.Payload) == nil {
 								rtx.Inc()
+								s.e.egress.Add(uint64(len(pkt.Payload)))
 							}
 						}
 					}

@@ -12,6 +12,7 @@ type metrics struct {
 	ingest       *prometheus.CounterVec // stream, kind: payload bytes from RTSP sources
 	relayReaders prometheus.Gauge
 	relayPackets prometheus.Counter
+	relayBytes   prometheus.Counter
 	decodeErrors prometheus.Counter
 	lost         prometheus.Counter
 }
@@ -27,6 +28,8 @@ func newMetrics(pr prometheus.Registerer, totals func() (in, out uint64)) *metri
 		ingest:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cascade_rtsp_ingest_bytes_total", Help: "RTP payload bytes received from RTSP sources, by stream and kind."}, []string{"stream", "kind"}),
 		relayReaders: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cascade_rtsp_relay_readers", Help: "RTSP sessions reading a stream (edges and other clients)."}),
 		relayPackets: prometheus.NewCounter(prometheus.CounterOpts{Name: "cascade_rtsp_relay_packets_total", Help: "RTP packets handed to RTSP relay readers (once per media, before fan-out)."}),
+		relayBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "cascade_relay_bytes_out_total",
+			Help: "RTP payload bytes sent to relay readers (edges), counted once per reader: the relay bit rate out."}),
 		decodeErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "cascade_rtsp_decode_errors_total", Help: "Malformed RTP/RTCP or media from RTSP clients, dropped."}),
 		lost:         prometheus.NewCounter(prometheus.CounterOpts{Name: "cascade_rtsp_packets_lost_total", Help: "RTP packets lost between RTSP sources and this node."}),
 	}
@@ -34,7 +37,7 @@ func newMetrics(pr prometheus.Registerer, totals func() (in, out uint64)) *metri
 		func() float64 { i, _ := totals(); return float64(i) })
 	out := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "cascade_rtsp_sent_bytes_total", Help: "Bytes sent on RTSP connections (TCP, interleaved media included)."},
 		func() float64 { _, o := totals(); return float64(o) })
-	pr.MustRegister(m.conns, m.sessions, m.requests, m.refused, m.ingest, m.relayReaders, m.relayPackets, m.decodeErrors, m.lost, in, out)
+	pr.MustRegister(m.conns, m.sessions, m.requests, m.refused, m.ingest, m.relayReaders, m.relayPackets, m.relayBytes, m.decodeErrors, m.lost, in, out)
 	return m
 }
 

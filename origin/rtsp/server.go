@@ -325,14 +325,10 @@ func (s *Server) OnDescribe(ctx *gortsplib.ServerHandlerOnDescribeCtx) (*base.Re
 // relayFor returns the relay of stream name, starting an on-demand pull
 // source first if name is one.
 func (s *Server) relayFor(name string) *relay {
-	st := s.reg.Get(name)
-	if st == nil && s.pulls != nil && s.pulls.Demand(name) {
-		st = s.reg.Get(name)
+	if s.reg.Get(name) == nil && s.pulls != nil {
+		s.pulls.Demand(name)
 	}
-	if st == nil {
-		return nil
-	}
-	r, err := s.relays.get(st, s.gs)
+	r, err := s.relays.get(name, s.gs) // nil: neither published nor relayed here
 	if err != nil {
 		s.log.Warn("cannot start relay", "stream", name, "err", err)
 		return nil
@@ -403,6 +399,7 @@ func (s *Server) OnPlay(ctx *gortsplib.ServerHandlerOnPlayCtx) (*base.Response, 
 	if !ok {
 		return status(base.StatusMethodNotValidInThisState), nil
 	}
+	r.play(ctx.Session)
 	for _, rd := range r.rends {
 		rd.hub.RequestKeyframe()
 	}

@@ -23,6 +23,7 @@
   const LAYER_REL = 'urn:ietf:params:whep:ext:core:layer';
   const RUNG_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/; // wish's rendition name syntax
   const MAX_RUNGS = 16;
+  const HOP_PARAM = 'cascade_hop'; // node/cluster.go's redirect marker
 
   const GRACE_MS = 3000; // how long "disconnected"/"failed" may last before we reconnect
   const BACKOFF_MIN_MS = 1000;
@@ -168,6 +169,7 @@
       const s = session = new C.Session(url);
       await s.start(p);
       if (my !== gen) return;
+      dropHop();
       layerURL = s.link(LAYER_REL);
       const sse = s.link(SSE_REL);
       extensions = (sse ? ['events'] : []).concat(layerURL ? ['layer'] : []);
@@ -300,6 +302,19 @@
     abr.pinnedTo = d.pinned === true ? (keep ? abr.pinnedTo : abr.current) : '';
     abr.live = true;
     syncMenu();
+  }
+
+  // dropHop forgets the cluster's hop marker once a node has taken the
+  // session. A move to another node's player carries it, so that node
+  // serves the first POST rather than sending it on; later reconnects
+  // (say, after this node drains too) must be free to be redirected again.
+  function dropHop() {
+    if (!params.has(HOP_PARAM) && !endpoint.query.has(HOP_PARAM)) return;
+    params.delete(HOP_PARAM);
+    endpoint.query.delete(HOP_PARAM);
+    const qs = params.toString();
+    window.history.replaceState(null, '', window.location.pathname + (qs ? '?' + qs : ''));
+    whepURLEl.textContent = window.location.origin + whepURL();
   }
 
   // move starts a new session where the server says (the WHEP "reconnect"
