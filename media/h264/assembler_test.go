@@ -7,6 +7,8 @@ import (
 	"github.com/pion/rtp/codecs"
 )
 
+var startCode = []byte{0, 0, 0, 1}
+
 // packetize splits Annex-B NAL units with pion's payloader, as a publisher
 // does, so the assembler is tested against a packetizer it did not write.
 func packetize(mtu uint16, nals ...[]byte) [][]byte {

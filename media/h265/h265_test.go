@@ -8,6 +8,8 @@ import (
 	"github.com/bluenviron/gortsplib/v5/pkg/format/rtph265"
 )
 
+var startCode = []byte{0, 0, 0, 1}
+
 func unhex(s string) []byte {
 	b, err := hex.DecodeString(s)
 	if err != nil {
