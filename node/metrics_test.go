@@ -38,6 +38,15 @@ func TestMetricsExposed(t *testing.T) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
+	// The shared socket's writer: the viewer's media went through it.
+	for _, name := range []string{"cascade_udp_packets_sent_total", "cascade_udp_send_syscalls_total"} {
+		if v := metricValue(t, n, name); v <= 0 {
+			t.Errorf("%s = %v, want > 0", name, v)
+		}
+	}
+	if !strings.Contains(text, "cascade_udp_packets_dropped_total") || !strings.Contains(text, "cascade_udp_gso_messages_total") {
+		t.Error("/metrics lacks the UDP socket's drop and GSO counters")
+	}
 }
 
 // metricsText returns the node's /metrics exposition.

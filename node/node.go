@@ -198,6 +198,7 @@ func New(cfg Config, log *slog.Logger) (n *Node, err error) {
 	if n.eng, err = peer.New(cfg.WebRTC, log); err != nil {
 		return nil, err
 	}
+	registerSocketMetrics(pr, n.eng)
 	n.reg = registry.New(cfg.Streams, pr, log)
 	if cfg.Auth.OpenPublish {
 		log.Warn("publishing is open: any stream without a key in auth.publish_keys may be published by anyone (auth.open_publish)")
@@ -446,3 +447,23 @@ func ladderOf(st *registry.Stream) []whep.Rendition {
 
 // Sessions returns the open WHIP and WHEP sessions.
 func (n *Node) Sessions() (publishers, viewers int) { return n.whip.Sessions(), n.whep.Sessions() }
+
+// registerSocketMetrics exports the shared UDP socket's writer: packets
+// the kernel took, packets dropped (queue full or refused), system calls,
+// and UDP GSO messages (several packets to one viewer in one segment
+// train).
+func registerSocketMetrics(pr prometheus.Registerer, eng *peer.Engine) {
+	stat := func(f func(peer.SocketStats) uint64) func() float64 {
+		return func() float64 { return float64(f(eng.SocketStats())) }
+	}
+	pr.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "cascade_udp_packets_sent_total", Help: "Packets the shared WebRTC UDP socket handed to the kernel."},
+			stat(func(s peer.SocketStats) uint64 { return s.Packets })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "cascade_udp_packets_dropped_total", Help: "Packets the shared WebRTC UDP socket dropped: its write queue was full, or the kernel refused them."},
+			stat(func(s peer.SocketStats) uint64 { return s.Dropped })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "cascade_udp_send_syscalls_total", Help: "sendmmsg calls of the shared WebRTC UDP socket."},
+			stat(func(s peer.SocketStats) uint64 { return s.Syscalls })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "cascade_udp_gso_messages_total", Help: "UDP GSO messages sent (each several packets to one peer)."},
+			stat(func(s peer.SocketStats) uint64 { return s.Segmented })),
+	)
+}

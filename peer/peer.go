@@ -77,6 +77,7 @@ const answerTimeout = 5 * time.Second
 type Engine struct {
 	cfg       Config
 	udp       []*batchConn
+	sockets   []*batchConn // the same, kept after Close for SocketStats
 	tcp       net.Listener
 	udpMux    ice.UDPMux
 	tcpMux    ice.TCPMux
@@ -109,11 +110,11 @@ func New(cfg Config, log *slog.Logger) (*Engine, error) {
 		e.Close()
 		return nil, err
 	}
-	if e.publisher, err = e.api(publisherMedia, publisherInterceptors, public, lf); err != nil {
+	if e.publisher, err = e.api(publisherMedia, publisherInterceptors, e.settings(public, lf)); err != nil {
 		e.Close()
 		return nil, err
 	}
-	if e.viewer, err = e.api(viewerMedia, viewerInterceptors, public, lf); err != nil {
+	if e.viewer, err = e.api(viewerMedia, viewerInterceptors, e.viewerSettingsFor(public, lf)); err != nil {
 		e.Close()
 		return nil, err
 	}
@@ -130,7 +131,7 @@ func (e *Engine) viewerParts(public []string, lf *slogFactory) error {
 	if err := viewerMedia(e.viewerMedia); err != nil {
 		return fmt.Errorf("webrtc: codecs: %w", err)
 	}
-	e.viewerSettings = e.settings(public, lf)
+	e.viewerSettings = e.viewerSettingsFor(public, lf)
 	var err error
 	if e.reports, err = report.NewSenderInterceptor(); err != nil {
 		return fmt.Errorf("webrtc: interceptors: %w", err)
@@ -161,7 +162,7 @@ func resolveHosts(hosts []string) ([]string, error) {
 	return ips, nil
 }
 
-func (e *Engine) api(media func(*webrtc.MediaEngine) error, icp func(*webrtc.MediaEngine, *interceptor.Registry) error, public []string, lf *slogFactory) (*webrtc.API, error) {
+func (e *Engine) api(media func(*webrtc.MediaEngine) error, icp func(*webrtc.MediaEngine, *interceptor.Registry) error, se webrtc.SettingEngine) (*webrtc.API, error) {
 	m := &webrtc.MediaEngine{}
 	if err := media(m); err != nil {
 		return nil, fmt.Errorf("webrtc: codecs: %w", err)
@@ -170,7 +171,6 @@ func (e *Engine) api(media func(*webrtc.MediaEngine) error, icp func(*webrtc.Med
 	if err := icp(m, ir); err != nil {
 		return nil, fmt.Errorf("webrtc: interceptors: %w", err)
 	}
-	se := e.settings(public, lf)
 	return webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithInterceptorRegistry(ir), webrtc.WithSettingEngine(se)), nil
 }
 
@@ -201,6 +201,17 @@ func (e *Engine) settings(public []string, lf *slogFactory) webrtc.SettingEngine
 	if len(public) > 0 {
 		se.SetNAT1To1IPs(public, webrtc.ICECandidateTypeHost)
 	}
+	return se
+}
+
+// viewerSettingsFor is settings for WHEP viewers. A viewer is never dialled
+// over TCP: pion would otherwise open an active ICE-TCP connection (and
+// its goroutines and buffers) to every passive TCP candidate a viewer
+// offers, and viewers sit behind NATs that refuse them. Viewers reach the
+// node's passive ICE-TCP port instead, as before.
+func (e *Engine) viewerSettingsFor(public []string, lf *slogFactory) webrtc.SettingEngine {
+	se := e.settings(public, lf)
+	se.DisableActiveTCP(true)
 	return se
 }
 
@@ -327,6 +338,32 @@ func (e *Engine) NewViewer() (*webrtc.PeerConnection, *BWE, error) {
 	return pc, b, nil
 }
 
+// SocketStats are running totals of the shared UDP socket's writer.
+type SocketStats struct {
+	// Packets were handed to the kernel; Dropped were not: the write queue
+	// was full (a burst beyond batchSlots) or the kernel refused them.
+	Packets, Dropped uint64
+	// Syscalls counts sendmmsg calls; Segmented the UDP GSO messages among
+	// the messages they carried (each several packets to one address).
+	Syscalls, Segmented uint64
+	// GSO is whether the socket still segments (it stops after an error).
+	GSO bool
+}
+
+// SocketStats returns the totals of every UDP socket of the engine, for
+// metrics. It is safe at any time, after Close too.
+func (e *Engine) SocketStats() SocketStats {
+	var st SocketStats
+	for _, u := range e.sockets {
+		st.Packets += u.sent.Load()
+		st.Dropped += u.dropped.Load()
+		st.Syscalls += u.batches.Load()
+		st.Segmented += u.gsoMsgs.Load()
+		st.GSO = st.GSO || u.gso.Load()
+	}
+	return st
+}
+
 // Config returns the engine's configuration.
 func (e *Engine) Config() Config { return e.cfg }
 
@@ -411,6 +448,7 @@ func (e *Engine) listenUDP(listen string, lf *slogFactory) error {
 		}
 		bc := newBatchConn(uc)
 		e.udp = append(e.udp, bc)
+		e.sockets = append(e.sockets, bc)
 		muxes = append(muxes, ice.NewUDPMuxDefault(ice.UDPMuxParams{Logger: lf.NewLogger("ice-udp"), UDPConn: bc}))
 	}
 	if len(muxes) == 1 {

@@ -41,6 +41,9 @@
 //     2-core machine has 200 %. host_busy_% is the whole machine's busy
 //     share from /proc/stat (100 % = every core busy), including anything
 //     else running; if it is near 100 % the numbers are not trustworthy.
+//     others_cores is that busy time less the server's and this process's,
+//     in cores. The machine may be shared: -wait-quiet waits before each
+//     run until the others use at most that many cores.
 //
 // With -json the same numbers come as one JSON object (config, host, runs,
 // median, budgets); a value that could not be measured is -1.
@@ -110,6 +113,7 @@ type config struct {
 	Runs           int           `json:"runs"`
 	Batch          int           `json:"batch"`
 	ConnectTimeout time.Duration `json:"connect_timeout_ns"`
+	WaitQuiet      float64       `json:"wait_quiet_cores,omitempty"`
 	JSON           bool          `json:"-"`
 }
 
@@ -135,25 +139,39 @@ type result struct {
 	ConnectSeconds   float64 `json:"connect_seconds"`
 	WindowSeconds    float64 `json:"window_seconds"`
 
-	ServerCPUms        float64 `json:"server_cpu_ms"`
-	CPUmsPerViewerS    float64 `json:"cpu_ms_per_viewer_s"`
-	MarginalCPUms      float64 `json:"marginal_cpu_ms_per_viewer_s"`
-	PubOnlyCPUPct      float64 `json:"pub_only_cpu_pct"`
-	ServerCPUPct       float64 `json:"server_cpu_pct"`
-	LoadtoolCPUPct     float64 `json:"loadtool_cpu_pct"`
-	HostBusyPct        float64 `json:"host_busy_pct"`
-	RSSBaselineKiB     int64   `json:"rss_baseline_kib"`
-	RSSEndKiB          int64   `json:"rss_end_kib"`
-	HWMKiB             int64   `json:"rss_peak_kib"`
-	RSSKiBPerViewer    float64 `json:"rss_kib_per_viewer"`
-	PublisherFrames    int64   `json:"publisher_frames"`
-	ProbeFrames        int64   `json:"probe_frames"`
-	FramesDelivered    float64 `json:"frames_delivered"`
-	IngestVideoPackets float64 `json:"ingest_video_packets"`
-	EgressVideoPackets float64 `json:"egress_video_packets"`
-	ViewerVideoPackets int64   `json:"viewer_video_packets"`
-	PktsDelivered      float64 `json:"pkts_delivered"`
-	QueueDrops         float64 `json:"queue_drops"`
+	// OthersCores is the CPU the rest of the machine used during the
+	// window, in cores: neither the server nor this process. Well above 0,
+	// the run competed for the cores and its CPU figures read high.
+	OthersCores float64 `json:"others_cores"`
+
+	ServerCPUms     float64 `json:"server_cpu_ms"`
+	CPUmsPerViewerS float64 `json:"cpu_ms_per_viewer_s"`
+	MarginalCPUms   float64 `json:"marginal_cpu_ms_per_viewer_s"`
+	PubOnlyCPUPct   float64 `json:"pub_only_cpu_pct"`
+	ServerCPUPct    float64 `json:"server_cpu_pct"`
+	LoadtoolCPUPct  float64 `json:"loadtool_cpu_pct"`
+	HostBusyPct     float64 `json:"host_busy_pct"`
+	RSSBaselineKiB  int64   `json:"rss_baseline_kib"`
+	RSSEndKiB       int64   `json:"rss_end_kib"`
+	HWMKiB          int64   `json:"rss_peak_kib"`
+	RSSKiBPerViewer float64 `json:"rss_kib_per_viewer"`
+	// What the RSS holds, from the server's own counters: the live Go heap
+	// after a forced collection (HeapAlloc), goroutine stacks and
+	// goroutines, each the growth from the baseline per connected viewer.
+	// The rest of the RSS growth is garbage not yet collected and memory
+	// the runtime keeps (with GOGC=100 the heap may grow to twice the live
+	// heap before a collection).
+	LiveHeapKiBPerViewer float64 `json:"live_heap_kib_per_viewer"`
+	StackKiBPerViewer    float64 `json:"stack_kib_per_viewer"`
+	GoroutinesPerViewer  float64 `json:"goroutines_per_viewer"`
+	PublisherFrames      int64   `json:"publisher_frames"`
+	ProbeFrames          int64   `json:"probe_frames"`
+	FramesDelivered      float64 `json:"frames_delivered"`
+	IngestVideoPackets   float64 `json:"ingest_video_packets"`
+	EgressVideoPackets   float64 `json:"egress_video_packets"`
+	ViewerVideoPackets   int64   `json:"viewer_video_packets"`
+	PktsDelivered        float64 `json:"pkts_delivered"`
+	QueueDrops           float64 `json:"queue_drops"`
 }
 
 func main() {
@@ -173,6 +191,7 @@ func run() int {
 	flag.IntVar(&c.Runs, "runs", 3, "runs, each with a fresh server; the median is reported")
 	flag.IntVar(&c.Batch, "batch", 10, "viewers connecting concurrently")
 	flag.DurationVar(&c.ConnectTimeout, "connect-timeout", 15*time.Second, "time allowed for one viewer to connect")
+	flag.Float64Var(&c.WaitQuiet, "wait-quiet", 0, "before each run, wait (up to 10 min) until the rest of the machine uses at most this many cores; 0 does not wait")
 	flag.BoolVar(&c.JSON, "json", false, "print results as JSON instead of a table")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "Usage: cascade-load [flags]\n\nMeasures a cascade server's CPU and memory per WHEP viewer (see go doc ./cmd/cascade-load).\n\n")
@@ -228,6 +247,11 @@ func run() int {
 	var results []result
 	for i := 1; i <= c.Runs && ctx.Err() == nil; i++ {
 		logf("run %d/%d", i, c.Runs)
+		if c.WaitQuiet > 0 {
+			if others, quiet := waitQuiet(ctx, c.WaitQuiet, 10*time.Minute); !quiet {
+				logf("run %d: the machine is still busy (others %.2f cores); measuring anyway", i, others)
+			}
+		}
 		r := oneRun(ctx, c, h, tmp, i)
 		if r.Error != "" {
 			logf("run %d failed: %s", i, r.Error)
@@ -406,6 +430,7 @@ func oneRun(ctx context.Context, c config, h host, tmp string, n int) (r result)
 	if r.RSSBaselineKiB, _, err = procRSS(srv.pid()); err != nil {
 		return fail("%v", err)
 	}
+	rt0, rtErr0 := runtimeMem(srv.base)
 
 	// Viewers, in batches.
 	start := time.Now()
@@ -445,6 +470,13 @@ func oneRun(ctx context.Context, c config, h host, tmp string, n int) (r result)
 	if r.RSSEndKiB, r.HWMKiB, err = procRSS(srv.pid()); err != nil {
 		return fail("%v", err)
 	}
+	r.LiveHeapKiBPerViewer, r.StackKiBPerViewer, r.GoroutinesPerViewer = -1, -1, -1
+	if rt1, err := runtimeMem(srv.base); err == nil && rtErr0 == nil && len(viewers) > 0 {
+		nv := float64(len(viewers))
+		r.LiveHeapKiBPerViewer = float64(rt1.heap-rt0.heap) / 1024 / nv
+		r.StackKiBPerViewer = float64(rt1.stack-rt0.stack) / 1024 / nv
+		r.GoroutinesPerViewer = float64(rt1.goroutines-rt0.goroutines) / nv
+	}
 
 	win := b.at.Sub(a.at).Seconds()
 	nv := float64(len(viewers))
@@ -456,6 +488,7 @@ func oneRun(ctx context.Context, c config, h host, tmp string, n int) (r result)
 	r.LoadtoolCPUPct = 100 * float64(b.selfTicks-a.selfTicks) / tick / win
 	if tot := b.hostTotal - a.hostTotal; tot > 0 {
 		r.HostBusyPct = 100 * float64(tot-(b.hostIdle-a.hostIdle)) / float64(tot)
+		r.OthersCores = max(0, (r.HostBusyPct*float64(h.NumCPU)-r.ServerCPUPct-r.LoadtoolCPUPct)/100)
 	}
 	r.RSSKiBPerViewer = float64(r.RSSEndKiB-r.RSSBaselineKiB) / nv
 	r.PublisherFrames = b.pubFrames - a.pubFrames
@@ -485,8 +518,9 @@ func oneRun(ctx context.Context, c config, h host, tmp string, n int) (r result)
 			r.QueueDrops = d1 - d0
 		}
 	}
-	logf("run %d: server %.0f%% cpu, %.3f ms/viewer-s, %.1f KiB/viewer, frames %.3f, packets %s",
-		n, r.ServerCPUPct, r.CPUmsPerViewerS, r.RSSKiBPerViewer, r.FramesDelivered, fmtRatio(r.PktsDelivered))
+	logf("run %d: server %.0f%% cpu, %.3f ms/viewer-s, %.1f KiB/viewer (live heap %.1f, stacks %.1f, %.1f goroutines), frames %.3f, packets %s, others %.2f cores",
+		n, r.ServerCPUPct, r.CPUmsPerViewerS, r.RSSKiBPerViewer, r.LiveHeapKiBPerViewer, r.StackKiBPerViewer, r.GoroutinesPerViewer,
+		r.FramesDelivered, fmtRatio(r.PktsDelivered), r.OthersCores)
 	return r
 }
 
@@ -647,7 +681,9 @@ func startServer(ctx context.Context, bin, logPath string) (*server, error) {
 	}
 	// The publisher's synthetic slices cannot be decoded, and this tool
 	// measures fan-out, not transcoding: the ladder is off.
-	cmd := exec.Command(bin, "--http", httpAddr, "--webrtc.listen", rtcAddr, "--log.level", "warn", "--transcode.enabled=false")
+	// pprof serves the heap and goroutine figures (runtimeMem); nothing
+	// else changes.
+	cmd := exec.Command(bin, "--http", httpAddr, "--webrtc.listen", rtcAddr, "--log.level", "warn", "--transcode.enabled=false", "--pprof")
 	cmd.Stdout, cmd.Stderr = lf, lf
 	if err := cmd.Start(); err != nil {
 		lf.Close()

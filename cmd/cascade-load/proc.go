@@ -3,11 +3,13 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // procCPU is utime+stime of a process, in clock ticks.
@@ -92,4 +94,33 @@ func hostCPU() (total, idle int64, err error) {
 		}
 	}
 	return total, idle, nil
+}
+
+// waitQuiet waits, up to limit, until the rest of the machine (everything
+// but this process) uses at most cores CPUs over a 2 s sample. It returns
+// the last sample and whether it was quiet enough.
+func waitQuiet(ctx context.Context, cores float64, limit time.Duration) (float64, bool) {
+	ticks := float64(100) // USER_HZ: 100 on every Linux this runs on
+	others := -1.0
+	for deadline := time.Now().Add(limit); ; {
+		t0, i0, err0 := hostCPU()
+		s0, err1 := procCPU(os.Getpid())
+		start := time.Now()
+		if !sleep(ctx, 2*time.Second) || err0 != nil || err1 != nil {
+			return others, false
+		}
+		t1, i1, err0 := hostCPU()
+		s1, err1 := procCPU(os.Getpid())
+		if err0 != nil || err1 != nil {
+			return others, false
+		}
+		busy := float64((t1 - i1) - (t0 - i0) - (s1 - s0))
+		others = busy / ticks / time.Since(start).Seconds()
+		if others <= cores {
+			return others, true
+		}
+		if time.Now().After(deadline) {
+			return others, false
+		}
+	}
 }

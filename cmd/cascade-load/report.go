@@ -57,10 +57,14 @@ func median(rs []result) (result, bool) {
 	m.ServerCPUPct = f(func(r result) float64 { return r.ServerCPUPct })
 	m.LoadtoolCPUPct = f(func(r result) float64 { return r.LoadtoolCPUPct })
 	m.HostBusyPct = f(func(r result) float64 { return r.HostBusyPct })
+	m.OthersCores = f(func(r result) float64 { return r.OthersCores })
 	m.RSSBaselineKiB = i(func(r result) int64 { return r.RSSBaselineKiB })
 	m.RSSEndKiB = i(func(r result) int64 { return r.RSSEndKiB })
 	m.HWMKiB = i(func(r result) int64 { return r.HWMKiB })
 	m.RSSKiBPerViewer = f(func(r result) float64 { return r.RSSKiBPerViewer })
+	m.LiveHeapKiBPerViewer = o(func(r result) float64 { return r.LiveHeapKiBPerViewer })
+	m.StackKiBPerViewer = o(func(r result) float64 { return r.StackKiBPerViewer })
+	m.GoroutinesPerViewer = o(func(r result) float64 { return r.GoroutinesPerViewer })
 	m.PublisherFrames = i(func(r result) int64 { return r.PublisherFrames })
 	m.ProbeFrames = i(func(r result) int64 { return r.ProbeFrames })
 	m.FramesDelivered = o(func(r result) float64 { return r.FramesDelivered })
@@ -89,11 +93,11 @@ func printTable(w io.Writer, c config, h host, rs []result, med result, ok bool)
 	fmt.Fprintf(w, "viewers=%d bitrate=%.1fMbps%s fps=%d warmup=%v window=%v runs=%d\n",
 		c.Viewers, float64(c.Bitrate)/1e6, audio, c.FPS, c.Warmup, c.Window, c.Runs)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "run\tviewers\tcpu_ms_per_viewer_s\trss_kib_per_viewer\tframes_delivered\tpkts_delivered\tserver_cpu_%\tloadtool_cpu_%\thost_busy_%\t")
+	fmt.Fprintln(tw, "run\tviewers\tcpu_ms_per_viewer_s\trss_kib_per_viewer\tframes_delivered\tpkts_delivered\tserver_cpu_%\tloadtool_cpu_%\thost_busy_%\tothers_cores\t")
 	row := func(name string, r result) {
-		fmt.Fprintf(tw, "%s\t%d/%d\t%.3f\t%.1f\t%s\t%s\t%.1f\t%.1f\t%.1f\t\n", name, r.ViewersConnected, r.ViewersRequested,
+		fmt.Fprintf(tw, "%s\t%d/%d\t%.3f\t%.1f\t%s\t%s\t%.1f\t%.1f\t%.1f\t%.2f\t\n", name, r.ViewersConnected, r.ViewersRequested,
 			r.CPUmsPerViewerS, r.RSSKiBPerViewer, fmtRatio(r.FramesDelivered), fmtRatio(r.PktsDelivered),
-			r.ServerCPUPct, r.LoadtoolCPUPct, r.HostBusyPct)
+			r.ServerCPUPct, r.LoadtoolCPUPct, r.HostBusyPct, r.OthersCores)
 	}
 	for _, r := range rs {
 		if r.Error != "" {
@@ -123,10 +127,14 @@ func printTable(w io.Writer, c config, h host, rs []result, med result, ok bool)
 	}
 	fmt.Fprintf(w, "median: server %.0f%% of a core with the publisher alone, %.0f%% with viewers; marginal %.3f ms per viewer-second; RSS %d -> %d KiB (peak %d); queue drops %s\n",
 		med.PubOnlyCPUPct, med.ServerCPUPct, med.MarginalCPUms, med.RSSBaselineKiB, med.RSSEndKiB, med.HWMKiB, fmtCount(med.QueueDrops))
+	if med.LiveHeapKiBPerViewer >= 0 {
+		fmt.Fprintf(w, "median per viewer: live heap %.1f KiB, goroutine stacks %.1f KiB, %.1f goroutines (the rest of the RSS is GC headroom)\n",
+			med.LiveHeapKiBPerViewer, med.StackKiBPerViewer, med.GoroutinesPerViewer)
+	}
 	fmt.Fprintf(w, "budget: cpu %.3f ms/viewer-s (%s %.1f), memory %.1f KiB/viewer (%s %.0f)\n",
 		med.CPUmsPerViewerS, verdict(med.CPUmsPerViewerS, budgetCPUms), budgetCPUms,
 		med.RSSKiBPerViewer, verdict(med.RSSKiBPerViewer, budgetKiB), budgetKiB)
-	fmt.Fprintln(w, "cpu %: of one core (the machine has", h.NumCPU*100, "%); host_busy_%: whole machine, everything running")
+	fmt.Fprintln(w, "cpu %: of one core (the machine has", h.NumCPU*100, "%); host_busy_%: whole machine, everything running; others_cores: CPU of everything but the server and this tool")
 }
 
 func fmtRatio(x float64) string {

@@ -86,3 +86,50 @@ func serverViewers(base string) (int64, error) {
 	}
 	return st.Viewers, nil
 }
+
+// runtimeStats are the server's Go runtime figures.
+type runtimeStats struct {
+	heap, stack, goroutines int64
+}
+
+// runtimeMem reads the server's live heap after a forced collection
+// (/debug/pprof/heap?gc=1 collects first; its debug text ends with the
+// runtime's MemStats), its goroutine stacks and its goroutine count.
+func runtimeMem(base string) (runtimeStats, error) {
+	var st runtimeStats
+	if _, err := scrape(base + "/debug/pprof/heap?gc=1"); err != nil {
+		return st, err
+	}
+	text, err := scrape(base + "/debug/pprof/heap?debug=1")
+	if err != nil {
+		return st, err
+	}
+	found := 0
+	for _, line := range strings.Split(text, "\n") {
+		var v int64
+		switch {
+		case sscan(line, "# HeapAlloc = %d", &v):
+			st.heap = v
+			found++
+		case sscan(line, "# Stack = %d", &v):
+			st.stack = v
+			found++
+		}
+	}
+	if found != 2 {
+		return st, fmt.Errorf("%s/debug/pprof/heap: no MemStats", base)
+	}
+	g, err := scrape(base + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		return st, err
+	}
+	if !sscan(g, "goroutine profile: total %d", &st.goroutines) {
+		return st, fmt.Errorf("%s/debug/pprof/goroutine: no total", base)
+	}
+	return st, nil
+}
+
+func sscan(s, format string, v *int64) bool {
+	n, err := fmt.Sscanf(s, format, v)
+	return n == 1 && err == nil
+}
