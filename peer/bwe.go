@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,14 +28,16 @@ const (
 )
 
 // ringSize is how many packets, by transport-wide sequence number, are
-// remembered for acknowledgement: 1 s at 10 Mbps, several times the
+// remembered for acknowledgement: 2 s at 10 Mbps, several times the
 // round trip plus feedback interval (50–250 ms in browsers) at any rate
-// Cascade sends. Feedback about a packet 1024 others have followed is not
-// counted: the tail of a joining viewer's burst of a large cached GOP
-// (up to 4 MiB, ~3 500 packets at ~10 a millisecond) may go uncounted.
-// 8 bytes each: 8 KiB per viewer.
+// Cascade sends. A probe's padding goes at up to 2 000 packets a second,
+// and behind a full 300 ms queue its feedback comes 400 ms later: 1 024
+// would just cover it. Feedback about a packet 2048 others have followed
+// is not counted: the tail of a joining viewer's burst of a large cached
+// GOP (up to 4 MiB, ~3 500 packets) may go uncounted.
+// 8 bytes each: 16 KiB per viewer.
 const (
-	ringSize = 1024
+	ringSize = 2048
 	ringMask = ringSize - 1
 )
 
@@ -84,6 +87,11 @@ type BWE struct {
 	feedbacks, rejected, gccErrors   atomic.Uint64
 	ackDelay                         atomic.Int64 // ns
 
+	// link accumulates what the receiver's clock says about the packets
+	// acknowledged since the last TakeLinkSample.
+	linkMu sync.Mutex
+	link   linkAcc
+
 	// fbMu serializes feedback: the RTCP of each sender is read by its own
 	// goroutine, and TWCC feedback may come on any of them.
 	fbMu    sync.Mutex
@@ -112,6 +120,73 @@ type BWEStats struct {
 	AckDelay time.Duration
 	// GCC is pion's own GetStats.
 	GCC map[string]any
+}
+
+// LinkSample is what the viewer's own clock, as its transport-wide
+// feedback carries it, says about the packets acknowledged since the
+// previous TakeLinkSample. Timing by the receiver's clock rather than by
+// when feedback arrives keeps a late or bunched RTCP from reading as a
+// faster or slower link.
+type LinkSample struct {
+	// Packets counts the packets acknowledged.
+	Packets int
+	// Bytes is their size, received over Span: from the arrival of the
+	// packet acknowledged before the first of them to that of the last.
+	// While every packet waits in a queue (MinQueue well above a packet's
+	// time on the wire), Bytes/Span is the bottleneck's rate.
+	Bytes int
+	Span  time.Duration
+	// WireBytes is Bytes with each packet's IP (v4), UDP and SRTP
+	// overhead: what the link itself carried.
+	WireBytes int
+	// MinQueue is the smallest queueing delay any of them saw: its one-way
+	// delay (receive time less send time, on two clocks) above the smallest
+	// seen over the last 10 s or so.
+	MinQueue time.Duration
+}
+
+// linkAcc accumulates a LinkSample; guarded by BWE.linkMu.
+type linkAcc struct {
+	packets, bytes, wire int
+	spanUs               int64
+	minQueueUs           int64
+	// lastRecvUs is the newest receive time seen (µs on the receiver's
+	// clock, from its reference time); haveRecv says whether there is one.
+	lastRecvUs int64
+	haveRecv   bool
+	// nextSeq follows the feedback: a report that starts past it means
+	// one was lost, and the packets it covered, received in the gap,
+	// would make the span look idle.
+	nextSeq uint16
+	haveSeq bool
+	// The base one-way delay is the minimum over two windows of
+	// baseWindow: the current one, from baseAt, and the one before.
+	baseCur, basePrev int64
+	baseAt            int64 // µs since the BWE started
+	haveBase          bool
+}
+
+// wireOverhead is what IPv4, UDP and SRTP's authentication tag add to an
+// RTP packet on the wire.
+const wireOverhead = 20 + 8 + 10
+
+// baseWindow is half the span over which the smallest one-way delay is
+// the base: long enough that a link kept busy for a few seconds does not
+// become the base, short enough to follow a path that changed.
+const baseWindow = 5 * time.Second
+
+// TakeLinkSample returns the sample accumulated since the last call and
+// starts a new one.
+func (b *BWE) TakeLinkSample() LinkSample {
+	b.linkMu.Lock()
+	defer b.linkMu.Unlock()
+	a := &b.link
+	s := LinkSample{Packets: a.packets, Bytes: a.bytes, WireBytes: a.wire, Span: time.Duration(a.spanUs) * time.Microsecond}
+	if a.packets > 0 {
+		s.MinQueue = time.Duration(a.minQueueUs) * time.Microsecond
+	}
+	a.packets, a.bytes, a.wire, a.spanUs = 0, 0, 0, 0
+	return s
 }
 
 // newBWE starts a GCC estimator (two goroutines, ended by Close).
@@ -203,6 +278,13 @@ func (b *BWE) ack(seq uint16) (size int, sent uint64, ok bool) {
 	}
 }
 
+// acked reports whether seq is the packet last sent with that number and
+// was acknowledged already.
+func (b *BWE) acked(seq uint16) bool {
+	v := b.ring[seq&ringMask].Load()
+	return uint16(v) == seq && v>>32&3 == slotAcked
+}
+
 // readRTCP takes the TWCC feedback in one RTCP read (a packet or a
 // compound). It never fails: whatever it cannot use is left to the
 // session's own RTCP handling.
@@ -245,10 +327,14 @@ func (b *BWE) readRTCP(now time.Time, buf []byte) {
 func (b *BWE) onFeedback(now time.Time, fbs []*rtcp.TransportLayerCC) {
 	b.fbMu.Lock()
 	defer b.fbMu.Unlock()
+	full := int64(now.Sub(b.start) / time.Microsecond)
 	nowUs := micros(now.Sub(b.start))
 	bytes, packets := 0, 0
 	newest, acked := uint64(0), false
 	b.scratch = b.scratch[:0]
+	b.linkMu.Lock()
+	la := &b.link
+	la.rollBase(full)
 	for _, fb := range fbs {
 		if !wellFormed(fb) {
 			b.rejected.Add(1)
@@ -256,18 +342,37 @@ func (b *BWE) onFeedback(now time.Time, fbs []*rtcp.TransportLayerCC) {
 		}
 		b.feedbacks.Add(1)
 		b.scratch = append(b.scratch, fb)
+		// Receive times: the reference time (64 ms units) plus each
+		// received packet's delta, in order.
+		recv, k := int64(fb.ReferenceTime)*64000, 0
+		if la.haveSeq && int16(fb.BaseSequenceNumber-la.nextSeq) > 0 {
+			la.haveRecv = false
+		}
+		if end := fb.BaseSequenceNumber + fb.PacketStatusCount; !la.haveSeq || int16(end-la.nextSeq) > 0 {
+			la.nextSeq, la.haveSeq = end, true
+		}
 		forReceived(fb, func(seq uint16) {
+			recv += fb.RecvDeltas[k].Delta
+			k++
 			size, sent, ok := b.ack(seq)
 			if !ok {
+				if !b.acked(seq) {
+					// Received, but its size is lost (the ring moved on):
+					// the span up to it is not all accounted for.
+					la.haveRecv = false
+				}
 				return
 			}
 			bytes += size
 			packets++
-			if age := (nowUs - sent) & timeMask; !acked || age < (nowUs-newest)&timeMask {
+			age := (nowUs - sent) & timeMask
+			if !acked || age < (nowUs-newest)&timeMask {
 				newest, acked = sent, true
 			}
+			la.add(recv, recv-(full-int64(age)), size)
 		})
 	}
+	b.linkMu.Unlock()
 	if len(b.scratch) == 0 {
 		return
 	}
@@ -285,6 +390,42 @@ func (b *BWE) onFeedback(now time.Time, fbs []*rtcp.TransportLayerCC) {
 	b.ackDelay.Store(int64((nowUs-newest)&timeMask) * int64(time.Microsecond))
 	if fn := b.delivered.Load(); fn != nil {
 		(*fn)(now, bytes, packets)
+	}
+}
+
+// rollBase moves the base one-way delay's windows on to now (µs).
+func (a *linkAcc) rollBase(now int64) {
+	if now-a.baseAt >= int64(baseWindow/time.Microsecond) {
+		a.basePrev, a.baseCur, a.baseAt = a.baseCur, math.MaxInt64, now
+		if !a.haveBase {
+			a.basePrev = math.MaxInt64
+		}
+	}
+}
+
+// add counts one acknowledged packet received at recv (µs, receiver's
+// clock) with one-way delay owd (µs, on two clocks: only its changes mean
+// anything).
+func (a *linkAcc) add(recv, owd int64, size int) {
+	if !a.haveBase {
+		a.baseCur, a.basePrev, a.haveBase = owd, math.MaxInt64, true
+	}
+	a.baseCur = min(a.baseCur, owd)
+	q := max(owd-min(a.baseCur, a.basePrev), 0)
+	if a.packets == 0 || q < a.minQueueUs {
+		a.minQueueUs = q
+	}
+	a.packets++
+	// The gap since the packet received before: the span over which this
+	// one's bytes came in. A jump (a new reference time base, a silence)
+	// is not a span of anything.
+	if d := recv - a.lastRecvUs; a.haveRecv && d >= 0 && d < 1_000_000 {
+		a.spanUs += d
+		a.bytes += size
+		a.wire += size + wireOverhead
+	}
+	if !a.haveRecv || recv > a.lastRecvUs || a.lastRecvUs-recv > 1_000_000 {
+		a.lastRecvUs, a.haveRecv = recv, true
 	}
 }
 

@@ -698,3 +698,56 @@ func BenchmarkNewViewerFootprint(b *testing.B) {
 		bwe.Close()
 	}
 }
+
+// TestBWELinkSample: the receiver's timing of what feedback acknowledges.
+// Packets sent together and received 1 ms apart show no queue and a rate
+// of one packet a millisecond; packets received later and 10 ms apart show
+// the queue they waited in (their one-way delay above the least seen) and
+// the slower rate they came in at, whatever the feedback's arrival.
+func TestBWELinkSample(t *testing.T) {
+	b, err := newBWE(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if s := b.TakeLinkSample(); s != (LinkSample{}) {
+		t.Fatalf("before any feedback: %+v", s)
+	}
+	const size = 1000
+	for seq := range uint16(20) {
+		b.record(seq, size)
+	}
+	feedback := func(from, to uint16, at func(i int) int64) []byte {
+		r := twcc.NewRecorder(1)
+		for s := from; s < to; s++ {
+			r.Record(2, s, at(int(s)))
+		}
+		var out []byte
+		for _, p := range r.BuildFeedbackPacket() {
+			raw, err := p.Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, raw...)
+		}
+		return out
+	}
+	b.readRTCP(time.Now(), feedback(0, 10, func(i int) int64 { return 1_000_000 + int64(i)*1000 }))
+	s := b.TakeLinkSample()
+	if s.Packets != 10 || s.MinQueue > time.Millisecond || s.Bytes != 9*size || s.Span < 8*time.Millisecond || s.Span > 10*time.Millisecond {
+		t.Errorf("no queue: %+v", s)
+	}
+	b.readRTCP(time.Now(), feedback(10, 20, func(i int) int64 { return 1_100_000 + int64(i-10)*10_000 }))
+	s = b.TakeLinkSample()
+	// The last of the first ten arrived at 1.009 s, the first of these at
+	// 1.1 s (waiting about 91 ms more than the base), the last at 1.19 s.
+	if s.Packets != 10 || s.MinQueue < 85*time.Millisecond || s.MinQueue > 100*time.Millisecond ||
+		s.Bytes != 10*size || s.Span < 175*time.Millisecond || s.Span > 185*time.Millisecond {
+		t.Errorf("queued: %+v", s)
+	}
+	// Feedback repeating acknowledged packets adds nothing.
+	b.readRTCP(time.Now(), feedback(10, 20, func(i int) int64 { return 1_100_000 + int64(i-10)*10_000 }))
+	if s := b.TakeLinkSample(); s.Packets != 0 {
+		t.Errorf("repeated feedback: %+v", s)
+	}
+}

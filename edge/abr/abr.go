@@ -8,7 +8,7 @@
 //
 //	c, err := abr.New(abr.DefaultConfig(), ladder, abr.Limits{MaxHeight: 720}, time.Now())
 //	// RTCP goroutine: c.OnEstimate, c.OnDelivered, c.OnLoss, c.OnNACK, c.OnREMB, c.OnRTT
-//	// writer:         c.OnSent for each media packet written
+//	// writer:         c.OnSent for each media packet written, c.OnLinkSample each tick
 //	d := c.Tick(time.Now()) // every 100–250 ms
 //
 // # Inputs
@@ -20,7 +20,11 @@
 //   - OnSent: media bytes written (video, audio, retransmissions; not
 //     padding), as they are written.
 //   - OnLoss: each receiver report's fraction lost, for the video SSRC.
-//   - OnNACK: how many sequence numbers each NACK asked for.
+//   - OnNACK: how many sequence numbers NACKs asked for (best counted
+//     once each: a receiver asks again while the repair is on its way).
+//   - OnLinkSample: the receiver's own timing of the packets acknowledged
+//     since the last sample (TWCC receive times): the least queueing
+//     delay any of them saw, and the rate they came in at.
 //   - OnREMB: the receiver's REMB, if it sends one: a cap.
 //   - OnRTT: the round-trip time, when known.
 //
@@ -49,6 +53,17 @@
 // than its rung without the link having shrunk, and an estimate above the
 // rung is not headroom until something has been sent that uses it.
 //
+// The 75 % rule misses a mild overload (480p at 0.9 Mbps into 0.8 Mbps
+// queues 300 ms before anything is lost), and delivery timed by feedback
+// arrival reads fast or slow as RTCP bunches. Link samples see it: when
+// every packet of a sample waited in a queue (at least 10 ms), the link
+// was busy throughout, and the bytes over the receive span are its rate,
+// timed by the receiver. If what is sent exceeds that rate (by 10 %, or at
+// all while the rung's own rate exceeds it), the viewer goes at once to
+// the best rung the measured rate carries, within a few hundred
+// milliseconds of the queue starting to stand; not lower, as GCC's
+// lagging target or a fall in delivered bytes would take it.
+//
 // # Choosing
 //
 // A viewer starts on the rung nearest Config.StartBitrate (600 kbps: its
@@ -65,7 +80,10 @@
 // pads up to 1.1 × that need, ramped over the probe's first quarter. It
 // succeeds as soon as the acknowledgements over half its length reach the
 // need, fails at once on a change of GCC's target or on loss, and fails if
-// ProbeDuration and a feedback delay or two pass without success. A
+// ProbeDuration and a feedback delay or two pass without success. It
+// also fails as soon as a link sample shows the link saturated at a rate
+// below what it must deliver: before the queue overflows, not after. The
+// loss a probe causes fails it and is no reason to go down. A
 // success climbs at once and chains the next rung's probe, so the
 // 4 → 0.8 → 4 Mbps link climbs back two rungs in about 2 s (see the
 // simulation in sim_test.go and scenario_test.go). A failure
@@ -74,7 +92,14 @@
 // then 50 % steps after each check that passes, so that a viewer parked
 // below a rung its link cannot carry pays a small queueing bump every few
 // seconds rather than a full overshoot, yet still notices a link that
-// recovered. A climb undone by congestion within 3 s counts as a failure.
+// recovered. A link measured saturated below a rung's need in the last
+// 10 s also starts with such a check. A full probe that failed is not
+// tried again for the same rung for 8 s unless a check shows the link
+// carries more than it did then: a rung whose need is within a few
+// percent of the link would otherwise overflow it every few seconds.
+// Loss within 2 s of joining, of any switch or of a probe's end is the
+// keyframe burst's or the probe's, and is not held against the rung. A
+// climb undone by congestion within 3 s counts as a failure.
 //
 // A pin (Limits.Pin) fixes the rung and stops probing. MaxHeight and
 // MaxBitrate take rungs out of the choice (if they take all, the lowest
@@ -159,6 +184,14 @@ type Decision struct {
 	Probe   ProbeRequest
 	// Estimate is the usable estimate, bit/s: finite and not negative.
 	Estimate float64
+	// Capacity is the link's rate (RTP and padding, bit/s) as the
+	// receiver timed it the last time the link was seen saturated, in
+	// the last 10 s; 0 if it was not. Pace bursts to a little above it.
+	Capacity float64
+	// Saturated is set while the link has been seen saturated within the
+	// last second: a down-switch now is for congestion, and what the old
+	// rung still sends until the switch only deepens the queue.
+	Saturated bool
 }
 
 // Stats counts a viewer's switches and probes, for metrics and the player.
@@ -225,6 +258,45 @@ const (
 	// rembTTL: a REMB cap lapses when the receiver stops sending it.
 	rembTTL = 5 * time.Second
 
+	// A link sample (OnLinkSample) whose every packet queued at least
+	// satQueue shows the bottleneck busy throughout: its bytes over its
+	// span are the link's rate. A keyframe burst that drains within a
+	// sample does not count, since the sample's least delay is taken; a
+	// standing queue of 10 ms is 5 kB at 4 Mbps, 1 kB at 800 kbps. What
+	// is done with the rate is guarded by rates (sent against it), not
+	// by the depth of the queue. Samples are trusted together over at
+	// least satMinSpan, and only while the newest is at most satFresh old.
+	satQueue = 10 * time.Millisecond
+	// A probe is judged on the same standing queue: at 4 Mbps, 25 ms
+	// would be half of a 32 kB buffer, filling at the probe's excess.
+	satProbeQueue = satQueue
+	// A receiver that stalls (a busy CPU: twenty viewers in one process
+	// taking a keyframe each at once) reads the packets it held back as
+	// queued, and as a slow link: a down-switch wants three samples in a
+	// row, a probe's failure (cheap) one.
+	satMinSpan   = 250 * time.Millisecond
+	satProbeSpan = 80 * time.Millisecond
+	satMaxSpan   = 400 * time.Millisecond
+	// satSampleMax is the longest span one sample may cover and count.
+	satSampleMax = 300 * time.Millisecond
+	satFresh     = 400 * time.Millisecond
+	// capTTL: a measured capacity bounds the next probes this long.
+	capTTL = 10 * time.Second
+	// failHold: a full probe that failed is not repeated for the same
+	// rung within failHold, doubling with each failure in a row up to
+	// failHoldMax, unless a check shows the link carries more.
+	failHold    = 8 * time.Second
+	failHoldMax = 24 * time.Second
+	// downSettle and settleShare: see stepDown.
+	downSettle  = 2 * time.Second
+	settleShare = 0.8
+	// capFresh: a capacity measured this recently is the link's now.
+	capFresh = time.Second
+	nSamples = 32
+	// A full-size RTP packet, and the IP, UDP and SRTP bytes around it.
+	fullPacket     = 1200
+	packetOverhead = 38
+
 	maxBytesPerCall   = 1 << 30
 	maxPacketsPerCall = 1 << 20
 	maxNACKsPerCall   = 1 << 16
@@ -239,6 +311,14 @@ type probe struct {
 	from, to   float64 // the rate asked for ramps from one to the other
 	bar        float64 // what the second half must deliver
 	start, end time.Time
+}
+
+// linkSample is one OnLinkSample.
+type linkSample struct {
+	at          time.Time
+	queue       time.Duration
+	bytes, wire int64
+	span        time.Duration
 }
 
 // Controller chooses one viewer's rung. Create it with New.
@@ -278,6 +358,17 @@ type Controller struct {
 	rtt                  time.Duration
 	rttSet               bool
 
+	// samples are the last OnLinkSamples, newest at sHead.
+	samples   [nSamples]linkSample
+	sHead, sN int
+	linkCap   float64 // the link's rate, when last seen saturated
+	linkCapAt time.Time
+	failIdx   int     // the rung a full probe last failed for; -1: none
+	failCap   float64 // the capacity it failed at
+	failAt    time.Time
+	failHeld  time.Duration // the hold after the last failure
+	settleAt  time.Time     // the last down-switch to a measured capacity
+
 	proven      float64
 	congestedAt time.Time
 	switchedAt  time.Time
@@ -307,7 +398,7 @@ func New(cfg Config, ladder []Rung, lim Limits, now time.Time) (*Controller, err
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	c := &Controller{cfg: cfg, cur: -1, last: now, switchedAt: now, pin: -1}
+	c := &Controller{cfg: cfg, cur: -1, last: now, switchedAt: now, pin: -1, failIdx: -1}
 	c.delivered.init(now)
 	c.sent.base, c.packets.base, c.nacks.base = now, now, now
 	c.ladder = normalize(make([]Rung, 0, min(len(ladder), maxRungs)), ladder)
@@ -415,6 +506,84 @@ func (c *Controller) OnSent(now time.Time, bytes int) {
 	c.sent.add(c.clock(now), int64(min(bytes, maxBytesPerCall)))
 }
 
+// LinkSample is what the receiver's clock (TWCC receive times) says about
+// the packets acknowledged since the previous sample (peer.BWE's
+// TakeLinkSample gives it).
+type LinkSample struct {
+	// MinQueue is the least queueing delay any of them saw: one-way delay
+	// above the least seen lately.
+	MinQueue time.Duration
+	// Bytes (RTP: header, payload, padding) came in over Span of receive
+	// time. WireBytes adds each packet's IP, UDP and SRTP overhead: a link
+	// busy with small packets (audio, one-byte padding repairs) carries
+	// far fewer RTP bytes than its rate.
+	Bytes, WireBytes int
+	Span             time.Duration
+}
+
+// OnLinkSample takes a LinkSample. Call it every 50–250 ms while feedback
+// flows.
+//
+// A sample in which every packet queued shows the link busy throughout,
+// so its rate is the link's, measured by the receiver: not fooled by
+// feedback that arrives late or bunched, and available within a tenth of
+// a second of the queue building, where the acknowledged share takes a
+// second and only sees overloads of a third or more.
+func (c *Controller) OnLinkSample(now time.Time, l LinkSample) {
+	if l.MinQueue < 0 || l.Span < 0 || l.Bytes < 0 || l.WireBytes < l.Bytes {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now = c.clock(now)
+	c.sHead = (c.sHead + 1) % nSamples
+	c.sN = min(c.sN+1, nSamples)
+	c.samples[c.sHead] = linkSample{at: now, queue: min(l.MinQueue, maxRTT), bytes: int64(min(l.Bytes, maxBytesPerCall)),
+		wire: int64(min(l.WireBytes, maxBytesPerCall)), span: min(l.Span, maxRTT)}
+}
+
+// saturation returns the link's rate over the newest run of samples that
+// all queued, if the run is fresh and long enough: in bytes of full-size
+// RTP packets (wire bytes less a full-size packet's overhead), so that a
+// moment of small packets does not read as a slower link.
+func (c *Controller) saturation(now, since time.Time) (float64, bool) {
+	return c.saturated(now, since, satQueue, satMinSpan, true)
+}
+
+// saturated is saturation with queue as the least delay that counts,
+// over samples taken after since; in RTP bytes as sent unless wire.
+func (c *Controller) saturated(now, since time.Time, queue, minSpan time.Duration, wire bool) (float64, bool) {
+	if c.sN == 0 || now.Sub(c.samples[c.sHead].at) > satFresh {
+		return 0, false
+	}
+	var bytes int64
+	var span time.Duration
+	k := c.sHead
+	for range c.sN {
+		s := &c.samples[k]
+		// A sample spanning much more than the calls' interval covers a
+		// gap in the feedback or in reception: it shows nothing.
+		if s.queue < queue || !s.at.After(since) || span >= satMaxSpan || s.span <= 0 || s.span > satSampleMax {
+			break
+		}
+		if wire {
+			bytes += s.wire
+		} else {
+			bytes += s.bytes
+		}
+		span += s.span
+		k = (k + nSamples - 1) % nSamples
+	}
+	if span < minSpan {
+		return 0, false
+	}
+	r := float64(bytes) * 8 / span.Seconds()
+	if wire {
+		r *= float64(fullPacket) / (fullPacket + packetOverhead)
+	}
+	return r, true
+}
+
 // OnRTT takes the viewer's round-trip time (from receiver reports or
 // TWCC). It tells how long to wait for a probe's acknowledgements.
 func (c *Controller) OnRTT(now time.Time, rtt time.Duration) {
@@ -514,6 +683,10 @@ func (c *Controller) Tick(now time.Time) Decision {
 	now = c.clock(now)
 	c.step(now)
 	d := Decision{Target: c.name(), Reason: c.reason, Estimate: c.usable(now)}
+	if !c.linkCapAt.IsZero() && now.Sub(c.linkCapAt) < capTTL {
+		d.Capacity = min(c.linkCap, maxRate)
+		d.Saturated = now.Sub(c.linkCapAt) <= capFresh
+	}
 	d.Changed = !c.ticked || d.Target != c.lastName
 	c.ticked, c.lastName = true, d.Target
 	if c.probe.active {
@@ -537,11 +710,19 @@ func (c *Controller) step(now time.Time) {
 		c.probe = probe{}
 		c.set(now, max(c.fit(float64(c.ladder[c.cur].Bitrate)), c.lowest()), ReasonCap)
 	}
+	if capacity, ok := c.saturation(now, time.Time{}); ok {
+		c.linkCap, c.linkCapAt = capacity, now
+	}
 	loss := c.loss(now)
 	if c.probe.active {
 		c.judgeProbe(now, loss)
+		// Loss seen while probing is the probe's own: it failed the
+		// probe, and is no reason to go down (loss ignores it for
+		// lossGrace after the probe's end).
+		c.stepDown(now, 0)
+	} else {
+		c.stepDown(now, loss)
 	}
-	c.stepDown(now, loss)
 	if !c.probe.active {
 		c.stepUp(now, loss)
 	}
@@ -551,6 +732,14 @@ func (c *Controller) step(now time.Time) {
 func (c *Controller) judgeProbe(now time.Time, loss float64) {
 	p := &c.probe
 	if p.congested || loss > c.cfg.LossProbeMax {
+		c.probeFailed(now)
+		return
+	}
+	// The probe filled the link, and the receiver timed what the link
+	// carried below the bar: the answer is in, before the queue overflows.
+	// In RTP bytes as sent, padding and all, as the bar is judged.
+	if capacity, ok := c.saturated(now, p.start, satProbeQueue, satProbeSpan, false); ok && capacity < p.bar {
+		c.linkCap, c.linkCapAt = capacity, now
 		c.probeFailed(now)
 		return
 	}
@@ -577,6 +766,9 @@ func (c *Controller) judgeProbe(now time.Time, loss float64) {
 	if p.check {
 		c.stepFrom, c.stepMul = p.bar, stairStep
 	}
+	if p.bar > c.failCap {
+		c.failIdx, c.failCap, c.failHeld = -1, 0, 0 // the link carries more than when it failed
+	}
 }
 
 func (c *Controller) probeFailed(now time.Time) {
@@ -587,8 +779,22 @@ func (c *Controller) probeFailed(now time.Time) {
 	// to carry more says nothing against what was proven before (overload
 	// does, and is seen apart). It also sizes the next attempt.
 	got := c.delivered.rate(now, c.cfg.ProbeDuration/2)
+	if capacity, ok := c.saturated(now, c.probe.start, satProbeQueue, satProbeSpan, false); ok {
+		// Measured by the receiver while the probe filled the link.
+		got = capacity
+	}
 	c.proven = max(c.proven, got)
 	c.stepFrom, c.stepMul = c.proven, checkStep
+	if !c.probe.check {
+		// Delivery timed by feedback arrival may read above the bar
+		// while the link fell behind: the failure is what counts.
+		held := failHold
+		if c.failIdx == c.probe.idx && c.failHeld > 0 {
+			held = min(2*c.failHeld, failHoldMax)
+		}
+		c.failHeld = held
+		c.failIdx, c.failCap, c.failAt = c.probe.idx, min(got, 0.99*c.probe.bar), now
+	}
 	c.chain = false
 	c.backOff(now)
 }
@@ -608,6 +814,30 @@ func (c *Controller) stepDown(now time.Time, loss float64) {
 		return
 	}
 	rung := float64(c.ladder[c.cur].Bitrate)
+	// For a while after a down-switch to the rung a measured capacity
+	// carries, the old rung's queue, its losses and their repairs still
+	// fill the link, and every measure reads it slower than it is: only
+	// a fall well below the new rung takes the viewer further down.
+	limit := rung
+	if !c.settleAt.IsZero() && now.Sub(c.settleAt) < downSettle {
+		limit *= settleShare
+	}
+	if capacity, ok := c.saturation(now, time.Time{}); ok && c.sentSeen && capacity < limit && c.sentRate(now) > capacity {
+		// The queue stands, on a rung the link, busy throughout, does
+		// not carry, and what is sent exceeds what it carries (in a
+		// quiet scene it may only match it: the next busy one overflows
+		// it). Go to the best rung the link carries, measured, not GCC's
+		// lagging target nor a delivery rate timed by feedback arrival.
+		c.gccTrusted = true
+		c.congestedAt = now
+		c.proven = capacity
+		if j := max(c.fit(capacity), c.lowest()); j < c.cur {
+			c.below = time.Time{}
+			c.down(now, j, ReasonEstimateDrop)
+			c.settleAt = now
+			return
+		}
+	}
 	if over, known := c.overloaded(now); over && known {
 		// The link is behind, whether or not GCC said so: its target
 		// may sit at its floor, with no change left to report, or a
@@ -616,7 +846,7 @@ func (c *Controller) stepDown(now time.Time, loss float64) {
 		c.congest(now)
 	}
 	raw := c.raw(now)
-	if raw < rung {
+	if raw < limit {
 		if j := c.fit(raw); j >= 0 && j < c.cur {
 			c.below = time.Time{}
 			c.down(now, j, ReasonEstimateDrop)
@@ -693,6 +923,11 @@ func (c *Controller) stepUp(now time.Time, loss float64) {
 	if !c.rembAt.IsZero() && now.Sub(c.rembAt) <= rembTTL && c.remb < need {
 		return
 	}
+	if c.stepFrom == 0 && !c.linkCapAt.IsZero() && now.Sub(c.linkCapAt) < capTTL && c.linkCap < need {
+		// The link was measured below the need lately: check a little
+		// above what it carried first, rather than overflow it.
+		c.stepFrom, c.stepMul = c.linkCap, checkStep
+	}
 	from := min(c.delivered.rate(now, congestionWindow), need)
 	// The probe may pad on past ProbeDuration, waiting for the
 	// acknowledgements of packets sent at its full rate: a feedback delay
@@ -705,6 +940,11 @@ func (c *Controller) stepUp(now time.Time, loss float64) {
 	p := probe{active: true, idx: j, from: from, to: need * probeOver, bar: need, start: now, end: now.Add(c.cfg.ProbeDuration + grace)}
 	if t := c.stepFrom * c.stepMul; t > from && t < need {
 		p.to, p.bar, p.check = t, checkOK*t, true
+	} else if j == c.failIdx && c.cur >= 0 && need > c.failCap && now.Sub(c.failAt) < c.failHeld {
+		// The same full probe failed at this capacity, and nothing since
+		// showed more: it would fail again, and fill the link again. (Not
+		// to resume video: that probe is small, and waited for.)
+		return
 	}
 	c.probe = p
 	c.chain = false
@@ -758,11 +998,27 @@ func (c *Controller) overloaded(now time.Time) (over, known bool) {
 	return c.delivered.rate(now, overloadWindow) < overloadShare*s, true
 }
 
+// sentRate is the media sent over overloadWindow, a lag ago: what the
+// acknowledgements arriving now are about.
+func (c *Controller) sentRate(now time.Time) float64 {
+	end := c.delivered.last().Add(-c.lag())
+	if end.Sub(c.sent.base) < overloadWindow {
+		return 0
+	}
+	return c.sent.rate(now, end, overloadWindow, 8)
+}
+
 // congest records a measurement of congestion: the link carries what it
 // delivered just now, and no more.
 func (c *Controller) congest(now time.Time) {
 	c.congestedAt = now
 	c.proven = c.delivered.rate(now, congestionWindow)
+	if !c.linkCapAt.IsZero() && now.Sub(c.linkCapAt) <= capFresh {
+		// The receiver timed the link busy just now: a better measure
+		// than acknowledgements timed by their arrival, which a burst of
+		// repairs and small packets reads low.
+		c.proven = max(c.proven, c.linkCap)
+	}
 }
 
 func (c *Controller) set(now time.Time, j int, reason string) {
@@ -803,13 +1059,17 @@ func (c *Controller) usable(now time.Time) float64 {
 }
 
 // loss is the worse of the last receiver report and the NACKed share of
-// packets over the last second. Reports from within lossGrace of a
-// down-switch or of a probe's end are about the rung left behind or the
-// probe, and are not held against the rung now sent. NACKs repeat when a
+// packets over the last second. Reports from within lossGrace of the
+// join, of a switch or of a probe's end are about the keyframe burst that
+// starts a rung, the rung left behind or the probe, and are not held
+// against the rung now sent. NACKs repeat when a
 // retransmission is lost too, so they overstate loss a little: the safe
 // side.
 func (c *Controller) loss(now time.Time) float64 {
-	quiet := c.downAt
+	quiet := c.switchedAt // any switch, and the join: a keyframe's burst
+	if c.downAt.After(quiet) {
+		quiet = c.downAt
+	}
 	if c.probeEnd.After(quiet) {
 		quiet = c.probeEnd
 	}

@@ -29,6 +29,7 @@ const (
 	opPin                   // Pin(pinNames[n])
 	opLimits                // SetLimits: MaxHeight n, MaxBitrate v
 	opLadder                // SetLadder(ladderOf(n))
+	opLink                  // OnLinkSample: queue n&0x7ff ms, n>>11 bytes over 100 ms
 	nOps
 )
 
@@ -84,6 +85,10 @@ func apply(c *Controller, now *time.Time, o op) (Decision, bool) {
 		c.SetLimits(Limits{MaxHeight: o.n, MaxBitrate: int(o.v)})
 	case opLadder:
 		c.SetLadder(ladderOf(o.n))
+	case opLink:
+		b := o.n >> 11
+		c.OnLinkSample(*now, LinkSample{MinQueue: time.Duration(o.n&0x7ff) * time.Millisecond, Bytes: b,
+			WireBytes: b + b/1200*38, Span: 100 * time.Millisecond})
 	}
 	return Decision{}, false
 }
@@ -161,6 +166,19 @@ func delivered(bytes int) op     { return op{kind: opDelivered, n: bytes} }
 func pin(name string) op         { return op{kind: opPin, n: slices.Index(pinNames, name)} }
 func limits(h int, b float64) op { return op{kind: opLimits, n: h, v: b} }
 func ladder(mask int) op         { return op{kind: opLadder, n: mask} }
+func sent(bytes int) op          { return op{kind: opSent, n: bytes} }
+func link(queueMS, bytes int) op { return op{kind: opLink, n: queueMS&0x7ff | bytes<<11} }
+
+// congested sends at sendBPS into a link that carries linkBPS with a
+// standing queue of queueMS, for d: what the sender counts, what the
+// feedback acknowledges, and what the receiver's clock says.
+func congested(sendBPS, linkBPS float64, queueMS int, d time.Duration) []op {
+	var ops []op
+	for range int(d / (100 * time.Millisecond)) {
+		ops = append(ops, at(100), sent(int(sendBPS/80)), delivered(int(linkBPS/80)), link(queueMS, int(linkBPS/80)), tick())
+	}
+	return ops
+}
 
 // feed delivers bps for d, in 100 ms reports, without ticking.
 func feed(bps float64, d time.Duration) []op {
@@ -239,6 +257,18 @@ var cases = []struct {
 	{"a ladder without the rung moves to the best below", []op{pin("480p"), tick(), pin("auto"), ladder(0b11011), tick()}, "360p", ReasonLadder},
 	{"an empty ladder is audio only", []op{ladder(0), tick()}, "", ReasonStart},
 	{"a ladder arriving starts the viewer", []op{ladder(0), tick(), ladder(0b11111), tick()}, "360p", ReasonLadder},
+	{"a standing queue while sending more than it carries: down to the rung it carries",
+		script(pin("480p"), tick(), pin("auto"), estimate(2e6), congested(950e3, 1e6, 5, 2*time.Second),
+			congested(950e3, 755e3, 120, 500*time.Millisecond)), "360p", ReasonEstimateDrop},
+	{"a standing queue at a rate the rung fits: it stays",
+		script(pin("360p"), tick(), pin("auto"), estimate(2e6), congested(700e3, 755e3, 5, 2*time.Second),
+			congested(700e3, 755e3, 150, time.Second)), "360p", ReasonStart},
+	{"a queue without sending more than the link carries: it stays",
+		script(pin("480p"), tick(), pin("auto"), estimate(2e6), congested(900e3, 1.1e6, 5, 2*time.Second),
+			congested(900e3, 1.1e6, 150, time.Second)), "480p", ReasonPin},
+	{"a standing queue on a rung the link does not carry, in a quiet scene: down",
+		script(pin("480p"), tick(), pin("auto"), estimate(2e6), congested(800e3, 800e3, 5, 2*time.Second),
+			congested(800e3, 760e3, 150, time.Second)), "360p", ReasonEstimateDrop},
 	{"time going backwards changes nothing", []op{tick(), at(-5000), tick(), at(-1 << 15), estimate(100e3), tick()}, "360p", ReasonStart},
 }
 

@@ -116,8 +116,20 @@ type simOptions struct {
 	noSent   bool          // the caller does not feed OnSent
 	rtt      time.Duration // round trip (acknowledgement delay); 0: ackDelay steps
 	noRTT    bool          // the caller does not feed OnRTT
+	noLink   bool          // the caller does not feed OnLinkSample
+	// bufferBits, if set, sizes the drop-tail buffer in bits whatever the
+	// rate (a tbf limit), instead of buffer.
+	bufferBits float64
+	// undershoot, if set, is the share of its bit rate each rung but the
+	// first (the source, measured) actually sends, as x264 does.
+	undershoot float64
 	// hostile, if set, is called before each Tick to inject garbage.
 	hostile func(c *Controller, now time.Time, rng *rand.Rand)
+}
+
+type pendingSample struct {
+	due     time.Time
+	q, bits float64
 }
 
 type tickRecord struct {
@@ -186,6 +198,8 @@ func runSim(o simOptions) simResult {
 		rrLost, rrArrived          float64
 		rcv                        [5]float64 // acked bits per feedback, last 500 ms
 		minDelay                   = math.Inf(1)
+		fbDrained                  float64
+		pending                    []pendingSample
 		steps                      = int(o.duration / simStep)
 	)
 	for i := range steps {
@@ -201,6 +215,9 @@ func runSim(o simOptions) simResult {
 		}
 		media := audioRate * dt
 		if br := rateOf(o.ladder, sending); br > 0 {
+			if o.undershoot > 0 && sending != o.ladder[0].Name {
+				br *= o.undershoot
+			}
 			unit := br * scene / (fps + 3) // a keyframe is 4 units, a delta frame 1
 			for k := (3*i + 9) / 10; 10*k < 3*(i+1); k++ {
 				if k%fps == 0 {
@@ -224,12 +241,17 @@ func runSim(o simOptions) simResult {
 		if !o.noSent {
 			c.OnSent(now, int(media/8))
 		}
-		lost := max(0, q+arrived-capBps*o.buffer.Seconds())
+		limit := capBps * o.buffer.Seconds()
+		if o.bufferBits > 0 {
+			limit = o.bufferBits
+		}
+		lost := max(0, q+arrived-limit)
 		q += arrived - lost
 		drained := min(q, capBps*dt)
 		q -= drained
 		minDelay = min(minDelay, q/capBps)
 		acks[(i+len(acks)-1)%len(acks)] += drained
+		fbDrained += drained
 		fbAcked += acks[i%len(acks)]
 		acks[i%len(acks)] = 0
 		fbLost += lost
@@ -251,6 +273,18 @@ func runSim(o simOptions) simResult {
 				lf = fbLost / fbArrived
 			}
 			c.OnEstimate(now, est.update(sum/0.5, minDelay, lf))
+			if !o.noLink {
+				// The receiver's timing of the packets it got over the
+				// last interval reaches the sender a return trip later.
+				pending = append(pending, pendingSample{due: now.Add(o.rtt), q: minDelay, bits: fbDrained})
+				for len(pending) > 0 && !pending[0].due.After(now) {
+					ps := pending[0]
+					pending = pending[1:]
+					c.OnLinkSample(now, LinkSample{MinQueue: time.Duration(ps.q * float64(time.Second)), Bytes: int(ps.bits / 8),
+						WireBytes: int(ps.bits / 8 * (fullPacket + packetOverhead) / fullPacket), Span: 100 * time.Millisecond})
+				}
+			}
+			fbDrained = 0
 			if fbArrived > 0 {
 				// Padding is not NACKed: only media losses are.
 				if n := int(fbLost * fbMedia / fbArrived / packetBits); n > 0 {

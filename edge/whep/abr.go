@@ -101,6 +101,7 @@ type viewerABR struct {
 	firstFrame  bool
 	probeRate   int
 	probeSent   int // media bytes since the last padding top-up
+	padDebt     int // padding owed (negative: media sent over the probe's rate)
 	lastStats   abr.Stats
 	lastEstimte float64
 }
@@ -108,6 +109,10 @@ type viewerABR struct {
 // estimator is the viewer's send-side bandwidth estimate (GCC), when the
 // engine provides one.
 type estimator interface{ TargetBitrate() int }
+
+// linkSampler gives the receiver's timing of the packets acknowledged
+// since it was last asked (peer.BWE).
+type linkSampler interface{ TakeLinkSample() peer.LinkSample }
 
 // startABR sets up the viewer's choice and returns the rendition it starts on.
 func (s *session) startABR(ladder []Rendition, lim abr.Limits) (*Rendition, error) {
@@ -130,11 +135,13 @@ func (s *session) startABR(ladder []Rendition, lim abr.Limits) (*Rendition, erro
 	return r, nil
 }
 
-func (a *viewerABR) onNACK(now time.Time, n int) {
-	if a.ctl != nil {
-		a.ctl.OnNACK(now, n)
-	}
-}
+// onNACK is told how many sequence numbers a NACK asked for. The
+// controller is fed instead, each tick, the numbers NACKed for the first
+// time (output.lookup counts them): a receiver asks again for a packet
+// whose repair is still on its way (pion every 50 ms here, a browser each
+// round trip), and counting every request would read one lost packet
+// behind a full queue as several.
+func (a *viewerABR) onNACK(time.Time, int) {}
 
 func (a *viewerABR) onLoss(now time.Time, f float64) {
 	if a.ctl != nil {
@@ -213,12 +220,21 @@ func (a *viewerABR) tick(now time.Time, s *session) bool {
 	if n := s.video.resent.Swap(0); n > 0 {
 		a.ctl.OnSent(now, int(n))
 	}
+	if n := s.video.nacked.Swap(0); n > 0 {
+		a.ctl.OnNACK(now, int(n))
+	}
+	if ls, ok := s.bwe.(linkSampler); ok {
+		if l := ls.TakeLinkSample(); l.Packets > 0 {
+			a.ctl.OnLinkSample(now, abr.LinkSample{MinQueue: l.MinQueue, Bytes: l.Bytes, WireBytes: l.WireBytes, Span: l.Span})
+		}
+	}
 	if now.Sub(a.ladderAt) >= time.Second {
 		a.refresh(now, s)
 	}
 	d := a.ctl.Tick(now)
 	a.lastEstimte = d.Estimate
 	a.apply(now, d, s)
+	a.setPace(d, s.video)
 	if now.Sub(a.estimateAt) >= time.Second {
 		a.estimateAt = now
 		// The feedback's delay is a round trip plus the queue and the
@@ -233,6 +249,8 @@ func (a *viewerABR) tick(now time.Time, s *session) bool {
 	a.probeRate = 0
 	if d.Probe.Active && now.Before(d.Probe.Until) {
 		a.probeRate = d.Probe.Bitrate
+	} else {
+		a.padDebt = 0
 	}
 	return a.probeRate > 0
 }
@@ -264,10 +282,43 @@ func (a *viewerABR) apply(now time.Time, d abr.Decision, s *session) {
 			return
 		}
 		// Going down, or resuming, should not wait for the keyframe clock.
-		early := v.name == "" || rank(l, r.Name) > rank(l, v.name)
-		v.prepare(r.Hub, r.Name, early)
+		down := v.name != "" && rank(l, r.Name) > rank(l, v.name)
+		v.prepare(r.Hub, r.Name, v.name == "" || down)
+		// Going down because the link is saturated: stop feeding it the
+		// old rung.
+		v.skipOld = down && d.Saturated && v.next != nil
 		a.reason = d.Reason
 	}
+}
+
+// Video is paced at paceFactor × the bit rate of its rung (or of the rung
+// it is switching to, if higher), as libwebrtc paces at 2.5 × its target;
+// but no faster than paceOverCap × the link's rate, once measured, which
+// still drains a keyframe's burst; and never below minPace.
+const (
+	paceFactor  = 2.5
+	paceOverCap = 1.25
+	minPace     = 1_000_000
+)
+
+// setPace sets the video's pacing rate for the rung it sends.
+func (a *viewerABR) setPace(d abr.Decision, v *output) {
+	l, _ := a.snapshot()
+	rate := 0
+	for _, name := range [2]string{v.name, v.nextFor} {
+		if r := rendition(l, name); r != nil {
+			rate = max(rate, r.Bitrate)
+		}
+	}
+	if rate <= 0 {
+		v.pace = 0 // unknown: the default
+		return
+	}
+	pace := paceFactor * float64(rate)
+	if d.Capacity > 0 {
+		pace = min(pace, max(paceOverCap*d.Capacity, 1.1*float64(rate)))
+	}
+	v.pace = int(max(pace, minPace) / 8)
 }
 
 // switched runs once the video moved to a new rung at its keyframe.
@@ -320,9 +371,13 @@ func (a *viewerABR) pad(now time.Time, v *output) {
 	if a.probeRate <= 0 || v == nil {
 		return
 	}
+	// Media over the probe's rate (a keyframe) is owed back by the
+	// padding that follows, for up to 100 ms, so that the probe's
+	// average is its rate, not its rate plus the keyframes.
 	want := a.probeRate / 8 * int(padEvery/time.Millisecond) / 1000
-	if want > a.probeSent {
-		v.padding(want - a.probeSent)
+	a.padDebt = min(max(a.padDebt+want-a.probeSent, -5*want), 2*want)
+	if a.padDebt > 0 {
+		a.padDebt -= v.padding(a.padDebt)
 	}
 	a.probeSent = 0
 }

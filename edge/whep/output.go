@@ -20,11 +20,32 @@ const (
 	burstGap     = 3 * time.Millisecond
 )
 
+// Video is paced instead (output.pace): a keyframe sent at 100 Mbps into
+// a 4 Mbps link with a 32 kB buffer (64 ms) loses what the buffer does not
+// hold, and a lost keyframe packet is a freeze. The pacer lets paceBurst
+// bytes go back to back after a pause, then sleeps until paceChunk more
+// may go: fewer, longer sleeps than one per packet. No batch is paced
+// over more than paceSpan (a cached GOP at join, a backlog): it goes
+// faster rather than hold the writer, and the audio behind it, longer.
+// Until the controller sets a rate, video is paced at defaultPace: the
+// GOP that primes a joining viewer arrives before the first tick.
+const (
+	paceBurst   = 12_000
+	paceChunk   = 5_000
+	paceSpan    = 250 * time.Millisecond
+	defaultPace = 4_000_000 / 8
+	// maxPaceSleep bounds one sleep of the pacer.
+	maxPaceSleep = 50 * time.Millisecond
+)
+
 // sentRing remembers which hub packet each recent viewer sequence number
 // carried, so a NACK is answered from the right rung's shared buffer even
 // across a switch. It is as long as the hubs' retransmission buffers need:
-// older packets are gone from them anyway.
-const sentRing = 512
+// older packets are gone from them anyway. A probe's padding takes up to
+// 2 000 numbers a second, so 1 024 cover about half a second while
+// probing (512 covered 250 ms, shorter than a receiver's NACK window),
+// at 24 bytes a slot.
+const sentRing = 1024
 
 type sent struct {
 	hub   *media.Hub
@@ -35,6 +56,8 @@ type sent struct {
 	vseq  uint16
 	valid bool
 	pad   bool // a padding-only packet: hub is nil
+	// nacked is set by the first NACK for it: later ones are repeats.
+	nacked bool
 }
 
 // epoch is what clockMS counts from.
@@ -67,6 +90,20 @@ type output struct {
 	begun   bool
 	dropped uint64
 	hdr     rtp.Header
+	// pace is the video's pacing rate in bytes a second, set by the
+	// writer's ABR tick (0: defaultPace); tokens is the pacer's budget in
+	// bytes as of tokenAt. Audio goes in bursts (burstPackets).
+	pace    int
+	tokens  int
+	tokenAt time.Time
+	// skipOld is set while a down-switch for congestion waits for its
+	// keyframe: from the end of the frame being sent, the old rung's
+	// packets are dropped rather than queued behind a link that cannot
+	// carry them (the frames already in its queue still show, and the
+	// new keyframe follows them sooner). lastMarker is whether the last
+	// packet sent ended a frame.
+	skipOld    bool
+	lastMarker bool
 
 	mu   sync.Mutex // guards ring and hub, for the RTCP reader
 	hub  *media.Hub // the hub being sent
@@ -77,6 +114,9 @@ type output struct {
 	// rtxHold is how long a packet just retransmitted is not sent again,
 	// in ns: about a round trip, queueing included (the writer sets it).
 	rtxHold atomic.Int64
+	// nacked counts the sequence numbers NACKed for the first time, until
+	// the writer hands them to the controller.
+	nacked atomic.Int64
 
 	packets, bytes, drops prometheus.Counter
 }
@@ -90,11 +130,20 @@ func (o *output) current() *media.Hub {
 
 // where maps a viewer sequence number back to the hub and hub sequence
 // number of the packet it carried.
+// The first NACK for a number is counted in nacked.
 func (o *output) where(vseq uint16) (sent, bool) {
 	o.mu.Lock()
-	e := o.ring[vseq%sentRing]
+	r := &o.ring[vseq%sentRing]
+	e := *r
+	mine := r.valid && r.vseq == vseq
+	if mine && !r.nacked {
+		r.nacked = true
+	}
 	o.mu.Unlock()
-	return e, e.valid && e.vseq == vseq && e.hub != nil
+	if mine && !e.nacked {
+		o.nacked.Add(1)
+	}
+	return e, mine && e.hub != nil
 }
 
 // lookup returns the hub packet a viewer sequence number carried and the
@@ -175,8 +224,10 @@ func (o *output) send(e media.Entry) error {
 	seq := p.SequenceNumber + o.off
 	o.seq = seq + 1
 	ts := p.Timestamp + o.tsOff
-	o.hdr = rtp.Header{Version: 2, Marker: p.Marker, SequenceNumber: seq, Timestamp: ts}
-	o.lastTS, o.begun = ts, true
+	// The extension list is kept: pion's TWCC interceptor sets one on
+	// every packet, and a fresh list would be an allocation per packet.
+	o.hdr = rtp.Header{Version: 2, Marker: p.Marker, SequenceNumber: seq, Timestamp: ts, Extensions: o.hdr.Extensions[:0]}
+	o.lastTS, o.begun, o.lastMarker = ts, true, p.Marker
 	o.mu.Lock()
 	o.ring[seq%sentRing] = sent{hub: o.hub, tsOff: o.tsOff, hseq: p.SequenceNumber, vseq: seq, valid: true}
 	o.mu.Unlock()
@@ -239,10 +290,12 @@ func (o *output) drain(buf []media.Entry) ([]media.Entry, int, error) {
 	buf = o.sub.Pop(buf[:0])
 	n := 0
 	var err error
+	rate := o.batchRate(buf)
 	for i, e := range buf {
-		if i > 0 && i%burstPackets == 0 {
-			time.Sleep(burstGap)
+		if o.skipping() {
+			continue
 		}
+		o.wait(i, len(e.Packet.Payload)+12, rate)
 		if err = o.send(e); err != nil {
 			break // the transport is closed; onState ends the session
 		}
@@ -276,11 +329,16 @@ func (o *output) prepare(hub *media.Hub, name string, early bool) {
 
 // cancel drops a pending switch.
 func (o *output) cancel() {
+	o.skipOld = false
 	if o.next != nil {
 		o.next.Close()
 		o.next, o.nextHub, o.nextFor = nil, nil, ""
 	}
 }
+
+// skipping reports whether the current rung's next packet is dropped (see
+// skipOld).
+func (o *output) skipping() bool { return o.skipOld && o.next != nil && o.lastMarker }
 
 // pause stops the video: what is queued is dropped.
 func (o *output) pause() {
@@ -308,8 +366,10 @@ func (o *output) trySwitch(buf []media.Entry) ([]media.Entry, bool, int, error) 
 		// Rungs carry the source's timestamps, so "before the keyframe"
 		// means the same instant on every rung.
 		old := o.sub.Pop(nil)
-		for _, e := range old {
-			if int32(e.Packet.Timestamp-at) < 0 {
+		rate := o.batchRate(old)
+		for i, e := range old {
+			if int32(e.Packet.Timestamp-at) < 0 && !o.skipping() {
+				o.wait(i, len(e.Packet.Payload)+12, rate)
 				if err := o.send(e); err != nil {
 					return buf, false, n, err
 				}
@@ -331,12 +391,12 @@ func (o *output) trySwitch(buf []media.Entry) ([]media.Entry, bool, int, error) 
 	o.mu.Unlock()
 	o.sub, o.name = o.next, o.nextFor
 	o.next, o.nextHub, o.nextFor = nil, nil, ""
+	o.skipOld = false
 	o.rebase = true // the new rung's numbering continues the viewer's
 	var err error
+	rate := o.batchRate(buf)
 	for i, e := range buf {
-		if i > 0 && i%burstPackets == 0 {
-			time.Sleep(burstGap)
-		}
+		o.wait(i, len(e.Packet.Payload)+12, rate)
 		if err = o.send(e); err != nil {
 			break
 		}
@@ -344,6 +404,56 @@ func (o *output) trySwitch(buf []media.Entry) ([]media.Entry, bool, int, error) 
 	}
 	clear(buf)
 	return buf, true, n, err
+}
+
+// batchRate is the pacing rate for buf, bytes a second: the pace, or
+// faster if buf would take longer than paceSpan; 0 for audio.
+func (o *output) batchRate(buf []media.Entry) int {
+	if o.kind != "video" {
+		return 0
+	}
+	rate := o.pace
+	if rate <= 0 {
+		rate = defaultPace
+	}
+	n := 0
+	for _, e := range buf {
+		n += len(e.Packet.Payload) + 12
+	}
+	return max(rate, int(int64(n)*int64(time.Second)/int64(paceSpan)))
+}
+
+// wait holds the i-th packet of a batch, of size bytes, until the pacer
+// lets it go at rate bytes a second; at rate 0, every burstPackets.
+func (o *output) wait(i, size, rate int) {
+	if rate <= 0 {
+		if i > 0 && i%burstPackets == 0 {
+			time.Sleep(burstGap)
+		}
+		return
+	}
+	if o.tokens < size {
+		o.refill(time.Now(), rate)
+		if o.tokens < size {
+			// Bounded, whatever the rate: the writer serves audio too.
+			time.Sleep(min(time.Duration(int64(size-o.tokens+paceChunk)*int64(time.Second)/int64(rate)), maxPaceSleep))
+			o.refill(time.Now(), rate)
+		}
+	}
+	o.tokens -= size
+}
+
+// refill adds what rate earned since the last refill, up to paceBurst.
+func (o *output) refill(now time.Time, rate int) {
+	if o.tokenAt.IsZero() {
+		o.tokens = paceBurst
+	} else {
+		// A pause longer than a second earns no more than a second does
+		// (and cannot overflow the product).
+		el := min(max(now.Sub(o.tokenAt), 0), time.Second)
+		o.tokens = min(o.tokens+int(int64(el)*int64(rate)/int64(time.Second)), paceBurst)
+	}
+	o.tokenAt = now
 }
 
 // close ends both subscriptions.

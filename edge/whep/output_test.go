@@ -1,0 +1,66 @@
+package whep
+
+import (
+	"testing"
+	"time"
+
+	"github.com/cascade-cdn/cascade/media"
+)
+
+// TestNACKCountedOnce: a receiver asks again for a packet whose repair is
+// on its way (pion on a timer, a browser each round trip): the controller
+// is told about each number once, media and padding alike.
+func TestNACKCountedOnce(t *testing.T) {
+	o := newOutput(discardWriter{})
+	pl := []byte{0x41}
+	for i := range uint16(10) {
+		if err := o.send(media.Entry{Packet: &media.Packet{SequenceNumber: 100 + i, Payload: pl}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	o.padding(3 * (padMax + 12)) // numbers 110–112
+	for range 3 {
+		for _, seq := range []uint16{101, 105, 111} {
+			o.lookup(seq)
+		}
+	}
+	o.lookup(4000) // never sent: not counted
+	if n := o.nacked.Load(); n != 3 {
+		t.Errorf("%d NACKed numbers counted, want 3", n)
+	}
+}
+
+// TestPacing: video leaves at the pace after a burst of paceBurst bytes,
+// and a batch too large to pace within paceSpan goes faster.
+func TestPacing(t *testing.T) {
+	o := newOutput(discardWriter{})
+	o.pace = 250_000 // 2 Mbps
+	const n, size = 50, 1000
+	batch := make([]media.Entry, n)
+	for i := range batch {
+		batch[i] = media.Entry{Packet: &media.Packet{Payload: make([]byte, size-12)}}
+	}
+	rate := o.batchRate(batch)
+	if rate != o.pace {
+		t.Fatalf("rate %d for 50 kB, want the pace %d", rate, o.pace)
+	}
+	start := time.Now()
+	for i := range n {
+		o.wait(i, size, rate)
+	}
+	// (50 kB − the 12 kB burst) at 250 kB/s is 152 ms.
+	if d := time.Since(start); d < 120*time.Millisecond || d > 600*time.Millisecond {
+		t.Errorf("50 kB paced at 2 Mbps took %v, want about 152ms", d)
+	}
+	big := make([]media.Entry, 500) // 500 kB: 2 s at the pace
+	for i := range big {
+		big[i] = batch[0]
+	}
+	if r := o.batchRate(big); r != 500*size*4 {
+		t.Errorf("rate %d for 500 kB, want it sent within paceSpan (%d)", r, 500*size*4)
+	}
+	o.kind = "audio"
+	if r := o.batchRate(batch); r != 0 {
+		t.Errorf("audio paced at %d", r)
+	}
+}
