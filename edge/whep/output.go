@@ -47,6 +47,11 @@ const (
 // at 24 bytes a slot.
 const sentRing = 1024
 
+// audioRing is the sent ring of an audio track: at 50 packets a second,
+// 128 cover 2.5 s, longer than any receiver asks back. Both ring sizes
+// divide 2^16, so sequence numbers map to slots across their wrap.
+const audioRing = 128
+
 type sent struct {
 	hub   *media.Hub
 	tsOff uint32 // for padding (pad set): the packet's timestamp
@@ -90,6 +95,7 @@ type output struct {
 	begun   bool
 	dropped uint64
 	hdr     rtp.Header
+	padHdr  rtp.Header // padding's header, its extension list reused too
 	// pace is the video's pacing rate in bytes a second, set by the
 	// writer's ABR tick (0: defaultPace); tokens is the pacer's budget in
 	// bytes as of tokenAt. Audio goes in bursts (burstPackets).
@@ -107,7 +113,7 @@ type output struct {
 
 	mu   sync.Mutex // guards ring and hub, for the RTCP reader
 	hub  *media.Hub // the hub being sent
-	ring [sentRing]sent
+	ring []sent     // sentRing or audioRing slots
 	// resent counts the bytes of media the RTCP reader retransmitted,
 	// until the writer hands them to the controller as sent.
 	resent atomic.Int64
@@ -128,12 +134,25 @@ func (o *output) current() *media.Hub {
 	return o.hub
 }
 
+// newOutput returns the output of one track of kind "video" or "audio",
+// sending hub.
+func newOutput(kind string, hub *media.Hub, track *localTrack) *output {
+	n := sentRing
+	if kind != "video" {
+		n = audioRing
+	}
+	return &output{kind: kind, hub: hub, track: track, ring: make([]sent, n)}
+}
+
+// slot is where viewer sequence number seq is remembered in the ring.
+func (o *output) slot(seq uint16) int { return int(seq) & (len(o.ring) - 1) }
+
 // where maps a viewer sequence number back to the hub and hub sequence
 // number of the packet it carried.
 // The first NACK for a number is counted in nacked.
 func (o *output) where(vseq uint16) (sent, bool) {
 	o.mu.Lock()
-	r := &o.ring[vseq%sentRing]
+	r := &o.ring[o.slot(vseq)]
 	e := *r
 	mine := r.valid && r.vseq == vseq
 	if mine && !r.nacked {
@@ -179,7 +198,7 @@ func (o *output) lookup(vseq uint16) (*media.Packet, uint32) {
 	if p != nil {
 		o.resent.Add(int64(len(p.Payload) + 12))
 		o.mu.Lock()
-		if r := &o.ring[vseq%sentRing]; r.valid && r.vseq == vseq {
+		if r := &o.ring[o.slot(vseq)]; r.valid && r.vseq == vseq {
 			r.rtxAt = now
 		}
 		o.mu.Unlock()
@@ -229,7 +248,7 @@ func (o *output) send(e media.Entry) error {
 	o.hdr = rtp.Header{Version: 2, Marker: p.Marker, SequenceNumber: seq, Timestamp: ts, Extensions: o.hdr.Extensions[:0]}
 	o.lastTS, o.begun, o.lastMarker = ts, true, p.Marker
 	o.mu.Lock()
-	o.ring[seq%sentRing] = sent{hub: o.hub, tsOff: o.tsOff, hseq: p.SequenceNumber, vseq: seq, valid: true}
+	o.ring[o.slot(seq)] = sent{hub: o.hub, tsOff: o.tsOff, hseq: p.SequenceNumber, vseq: seq, valid: true}
 	o.mu.Unlock()
 	o.packets.Inc()
 	o.bytes.Add(float64(len(p.Payload)))
@@ -266,10 +285,10 @@ func (o *output) padding(n int) int {
 		o.seq++
 		o.off++
 		o.mu.Lock()
-		o.ring[seq%sentRing] = sent{tsOff: o.lastTS, vseq: seq, valid: true, pad: true}
+		o.ring[o.slot(seq)] = sent{tsOff: o.lastTS, vseq: seq, valid: true, pad: true}
 		o.mu.Unlock()
-		h := rtp.Header{Version: 2, Padding: true, SequenceNumber: seq, Timestamp: o.lastTS}
-		if o.track.write(&h, padPayload) != nil {
+		o.padHdr = rtp.Header{Version: 2, Padding: true, SequenceNumber: seq, Timestamp: o.lastTS, Extensions: o.padHdr.Extensions[:0]}
+		if o.track.write(&o.padHdr, padPayload) != nil {
 			break
 		}
 		done += padMax + 12

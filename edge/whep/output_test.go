@@ -11,7 +11,7 @@ import (
 // on its way (pion on a timer, a browser each round trip): the controller
 // is told about each number once, media and padding alike.
 func TestNACKCountedOnce(t *testing.T) {
-	o := newOutput(discardWriter{})
+	o := testOutput(discardWriter{})
 	pl := []byte{0x41}
 	for i := range uint16(10) {
 		if err := o.send(media.Entry{Packet: &media.Packet{SequenceNumber: 100 + i, Payload: pl}}); err != nil {
@@ -33,7 +33,7 @@ func TestNACKCountedOnce(t *testing.T) {
 // TestPacing: video leaves at the pace after a burst of paceBurst bytes,
 // and a batch too large to pace within paceSpan goes faster.
 func TestPacing(t *testing.T) {
-	o := newOutput(discardWriter{})
+	o := testOutput(discardWriter{})
 	o.pace = 250_000 // 2 Mbps
 	const n, size = 50, 1000
 	batch := make([]media.Entry, n)

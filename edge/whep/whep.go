@@ -269,7 +269,7 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 }
 
 func (s *session) addTrack(kind webrtc.RTPCodecType, hub *media.Hub, codec webrtc.RTPCodecCapability) (*output, error) {
-	o := &output{kind: kind.String(), hub: hub, track: newLocalTrack(kind, codec)}
+	o := newOutput(kind.String(), hub, newLocalTrack(kind, codec))
 	sender, err := s.pc.AddTrack(o.track)
 	if err != nil {
 		return nil, err
@@ -380,7 +380,8 @@ func (s *session) readRTCP(sender *webrtc.RTPSender, o *output) {
 						}
 						budget--
 						if pkt, off := o.lookup(seq); pkt != nil {
-							hdr = rtp.Header{Version: 2, Marker: pkt.Marker, SequenceNumber: seq, Timestamp: pkt.Timestamp + off}
+							hdr = rtp.Header{Version: 2, Marker: pkt.Marker, SequenceNumber: seq, Timestamp: pkt.Timestamp + off,
+								Extensions: hdr.Extensions[:0]} // reused, as in output.send
 							if o.track.write(&hdr, pkt.Payload) == nil {
 								rtx.Inc()
 								s.e.egress.Add(uint64(len(pkt.Payload)))

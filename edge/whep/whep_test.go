@@ -37,10 +37,10 @@ func (w twccWriter) WriteRTP(h *rtp.Header, _ []byte) (int, error) {
 }
 func (twccWriter) Write([]byte) (int, error) { return 0, nil }
 
-func newOutput(w webrtc.TrackLocalWriter) *output {
-	o := &output{kind: "video", track: newLocalTrack(webrtc.RTPCodecTypeVideo, webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeH264})}
+func testOutput(w webrtc.TrackLocalWriter) *output {
+	o := newOutput("video", media.NewHub(media.DefaultHubConfig(media.Video, "H264", 90000)),
+		newLocalTrack(webrtc.RTPCodecTypeVideo, webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeH264}))
 	o.track.b.Store(&binding{ssrc: 1, pt: 102, w: w})
-	o.hub = media.NewHub(media.DefaultHubConfig(media.Video, "H264", 90000))
 	o.packets = prometheus.NewCounter(prometheus.CounterOpts{Name: "p"})
 	o.bytes = prometheus.NewCounter(prometheus.CounterOpts{Name: "b"})
 	return o
@@ -48,7 +48,7 @@ func newOutput(w webrtc.TrackLocalWriter) *output {
 
 func TestSendClosesGapsAndMapsNACKsBack(t *testing.T) {
 	w := &captureWriter{}
-	o := newOutput(w)
+	o := testOutput(w)
 	pl := []byte{0x41}
 	for _, e := range []media.Entry{
 		{Packet: &media.Packet{SequenceNumber: 100, Payload: pl}},
@@ -98,7 +98,7 @@ func TestCheckOffer(t *testing.T) {
 // TestViewerSendNoAlloc holds the writer's per-packet path to no
 // allocation, with a TWCC extension set on each packet as in pion.
 func TestViewerSendNoAlloc(t *testing.T) {
-	o := newOutput(twccWriter{ext: []byte{0, 1}})
+	o := testOutput(twccWriter{ext: []byte{0, 1}})
 	p := &media.Packet{SequenceNumber: 1, Payload: make([]byte, 1200)}
 	e := media.Entry{Packet: p}
 	o.send(e) // the first packet sizes the extension list
@@ -108,6 +108,32 @@ func TestViewerSendNoAlloc(t *testing.T) {
 	}); n != 0 {
 		t.Errorf("%v allocations per packet, want 0", n)
 	}
+	o.padding(100) // probe padding takes the same path
+	if n := testing.AllocsPerRun(1000, func() { o.padding(100) }); n != 0 {
+		t.Errorf("%v allocations per padding packet, want 0", n)
+	}
+}
+
+// An audio track's ring is shorter than video's; NACKs on either map back
+// across the 16-bit wrap of sequence numbers.
+func TestSentRingSizes(t *testing.T) {
+	hub := media.NewHub(media.DefaultHubConfig(media.Audio, "opus", 48000))
+	defer hub.Close()
+	a := newOutput("audio", hub, newLocalTrack(webrtc.RTPCodecTypeAudio, webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus}))
+	v := testOutput(discardWriter{})
+	if len(a.ring) != audioRing || len(v.ring) != sentRing {
+		t.Fatalf("rings of %d and %d slots, want %d and %d", len(a.ring), len(v.ring), audioRing, sentRing)
+	}
+	for _, o := range []*output{a, v} {
+		for _, seq := range []uint16{65535, 0, 1} {
+			o.ring[o.slot(seq)] = sent{hub: hub, vseq: seq, valid: true}
+		}
+		for _, seq := range []uint16{65535, 0, 1} {
+			if e, ok := o.where(seq); !ok || e.vseq != seq {
+				t.Errorf("%s: %d maps to %+v", o.kind, seq, e)
+			}
+		}
+	}
 }
 
 // BenchmarkViewerSend is the per-viewer, per-packet work of the writer:
@@ -116,7 +142,7 @@ func TestViewerSendNoAlloc(t *testing.T) {
 // interceptor does, and discards it). It must not allocate: the header's
 // extension list is reused from packet to packet.
 func BenchmarkViewerSend(b *testing.B) {
-	o := newOutput(twccWriter{ext: []byte{0, 1}})
+	o := testOutput(twccWriter{ext: []byte{0, 1}})
 	p := &media.Packet{SequenceNumber: 1, Payload: make([]byte, 1200)}
 	e := media.Entry{Packet: p}
 	b.ReportAllocs()
@@ -143,7 +169,7 @@ func (c *seqTSWriter) Write([]byte) (int, error) { return 0, nil }
 // timestamps stay continuous.
 func TestSwitchAtKeyframe(t *testing.T) {
 	w := &seqTSWriter{}
-	o := newOutput(w)
+	o := testOutput(w)
 	hi, lo := o.hub, media.NewHub(media.DefaultHubConfig(media.Video, "H264", 90000))
 	defer hi.Close()
 	defer lo.Close()
