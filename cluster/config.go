@@ -164,7 +164,19 @@ func (c Config) nodeName() (string, error) {
 }
 
 // splitBind parses "host:port" with an optional host (all interfaces).
-func splitBind(s string) (string, int, error) {
+func splitBind(s string) (string, int, error) { return splitIPPort(s, "0.0.0.0") }
+
+// splitAdvertise parses "ip" or "ip:port"; port 0 means the bound port.
+func splitAdvertise(s string) (string, int, error) {
+	if ip := net.ParseIP(s); ip != nil {
+		return s, 0, nil
+	}
+	return splitIPPort(s, "")
+}
+
+// splitIPPort parses "ip:port"; an empty ip stands for emptyHost, and is
+// refused when that is empty too.
+func splitIPPort(s, emptyHost string) (string, int, error) {
 	host, p, err := net.SplitHostPort(s)
 	if err != nil {
 		return "", 0, err
@@ -174,26 +186,7 @@ func splitBind(s string) (string, int, error) {
 		return "", 0, fmt.Errorf("bad port %q", p)
 	}
 	if host == "" {
-		host = "0.0.0.0"
-	}
-	if net.ParseIP(host) == nil {
-		return "", 0, fmt.Errorf("%q is not an IP address", host)
-	}
-	return host, port, nil
-}
-
-// splitAdvertise parses "ip" or "ip:port"; port 0 means the bound port.
-func splitAdvertise(s string) (string, int, error) {
-	if ip := net.ParseIP(s); ip != nil {
-		return s, 0, nil
-	}
-	host, p, err := net.SplitHostPort(s)
-	if err != nil {
-		return "", 0, err
-	}
-	port, err := strconv.Atoi(p)
-	if err != nil || port < 0 || port > 65535 {
-		return "", 0, fmt.Errorf("bad port %q", p)
+		host = emptyHost
 	}
 	if net.ParseIP(host) == nil {
 		return "", 0, fmt.Errorf("%q is not an IP address", host)

@@ -3,6 +3,7 @@ package node
 import (
 	"bufio"
 	"encoding/json"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -37,21 +38,11 @@ func readEvents(t *testing.T, n *Node, location string) (func() []sseEvent, func
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		sc := bufio.NewScanner(resp.Body)
-		var name string
-		for sc.Scan() {
-			l := sc.Text()
-			switch {
-			case strings.HasPrefix(l, "event:"):
-				name = strings.TrimSpace(l[len("event:"):])
-			case strings.HasPrefix(l, "data:"):
-				var d map[string]any
-				json.Unmarshal([]byte(strings.TrimSpace(l[len("data:"):])), &d)
-				mu.Lock()
-				got = append(got, sseEvent{name, d})
-				mu.Unlock()
-			}
-		}
+		scanSSE(resp.Body, func(name string, d map[string]any) {
+			mu.Lock()
+			got = append(got, sseEvent{name, d})
+			mu.Unlock()
+		})
 	}()
 	return func() []sseEvent {
 			mu.Lock()
@@ -61,6 +52,24 @@ func readEvents(t *testing.T, n *Node, location string) (func() []sseEvent, func
 			resp.Body.Close()
 			<-done
 		}
+}
+
+// scanSSE calls fn with each event of a Server-Sent Events stream (its
+// name and its JSON data) until the stream ends.
+func scanSSE(r io.Reader, fn func(name string, data map[string]any)) {
+	sc := bufio.NewScanner(r)
+	var name string
+	for sc.Scan() {
+		l := sc.Text()
+		switch {
+		case strings.HasPrefix(l, "event:"):
+			name = strings.TrimSpace(l[len("event:"):])
+		case strings.HasPrefix(l, "data:"):
+			var d map[string]any
+			json.Unmarshal([]byte(strings.TrimSpace(l[len("data:"):])), &d)
+			fn(name, d)
+		}
+	}
 }
 
 func findEvent(evs []sseEvent, name, key, value string) bool {

@@ -442,21 +442,11 @@ func followEvents(base, loc string) (*eventLog, error) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		sc := bufio.NewScanner(resp.Body)
-		var name string
-		for sc.Scan() {
-			line := sc.Text()
-			switch {
-			case strings.HasPrefix(line, "event:"):
-				name = strings.TrimSpace(line[len("event:"):])
-			case strings.HasPrefix(line, "data:"):
-				var d map[string]any
-				json.Unmarshal([]byte(strings.TrimSpace(line[len("data:"):])), &d)
-				l.mu.Lock()
-				l.evs = append(l.evs, timedEvent{time.Now(), name, d})
-				l.mu.Unlock()
-			}
-		}
+		scanSSE(resp.Body, func(name string, d map[string]any) {
+			l.mu.Lock()
+			l.evs = append(l.evs, timedEvent{time.Now(), name, d})
+			l.mu.Unlock()
+		})
 	}()
 	l.stop = func() {
 		cancel()
