@@ -76,8 +76,7 @@ const answerTimeout = 5 * time.Second
 // Engine owns the shared sockets and the two pion APIs.
 type Engine struct {
 	cfg       Config
-	udp       []*batchConn
-	sockets   []*batchConn // the same, kept after Close for SocketStats
+	udp       []*batchConn // kept after Close, for SocketStats
 	tcp       net.Listener
 	udpMux    ice.UDPMux
 	tcpMux    ice.TCPMux
@@ -354,7 +353,7 @@ type SocketStats struct {
 // metrics. It is safe at any time, after Close too.
 func (e *Engine) SocketStats() SocketStats {
 	var st SocketStats
-	for _, u := range e.sockets {
+	for _, u := range e.udp {
 		st.Packets += u.sent.Load()
 		st.Dropped += u.dropped.Load()
 		st.Syscalls += u.batches.Load()
@@ -397,6 +396,7 @@ func (e *Engine) listen(lf *slogFactory) error {
 			return nil
 		}
 		e.closeUDP()
+		e.udp = nil // listen afresh
 	}
 	return fmt.Errorf("webrtc: listen tcp: %w", err)
 }
@@ -410,7 +410,6 @@ func (e *Engine) closeUDP() {
 	for _, u := range e.udp { // the mux closed them; Close is idempotent
 		u.Close()
 	}
-	e.udp = nil
 }
 
 func host(hostport string) string {
@@ -448,7 +447,6 @@ func (e *Engine) listenUDP(listen string, lf *slogFactory) error {
 		}
 		bc := newBatchConn(uc)
 		e.udp = append(e.udp, bc)
-		e.sockets = append(e.sockets, bc)
 		muxes = append(muxes, ice.NewUDPMuxDefault(ice.UDPMuxParams{Logger: lf.NewLogger("ice-udp"), UDPConn: bc}))
 	}
 	if len(muxes) == 1 {

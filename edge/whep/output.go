@@ -94,8 +94,9 @@ type output struct {
 	lastTS  uint32 // last viewer timestamp written
 	begun   bool
 	dropped uint64
-	hdr     rtp.Header
-	padHdr  rtp.Header // padding's header, its extension list reused too
+	// hdr is the writer's scratch header for media and padding; its
+	// extension list is reused from packet to packet.
+	hdr rtp.Header
 	// pace is the video's pacing rate in bytes a second, set by the
 	// writer's ABR tick (0: defaultPace); tokens is the pacer's budget in
 	// bytes as of tokenAt. Audio goes in bursts (burstPackets).
@@ -287,8 +288,8 @@ func (o *output) padding(n int) int {
 		o.mu.Lock()
 		o.ring[o.slot(seq)] = sent{tsOff: o.lastTS, vseq: seq, valid: true, pad: true}
 		o.mu.Unlock()
-		o.padHdr = rtp.Header{Version: 2, Padding: true, SequenceNumber: seq, Timestamp: o.lastTS, Extensions: o.padHdr.Extensions[:0]}
-		if o.track.write(&o.padHdr, padPayload) != nil {
+		o.hdr = rtp.Header{Version: 2, Padding: true, SequenceNumber: seq, Timestamp: o.lastTS, Extensions: o.hdr.Extensions[:0]}
+		if o.track.write(&o.hdr, padPayload) != nil {
 			break
 		}
 		done += padMax + 12
