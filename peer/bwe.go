@@ -3,21 +3,18 @@ package peer
 import (
 	"encoding/binary"
 	"fmt"
-	"log/slog"
 	"math"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/pion/interceptor"
-	"github.com/pion/interceptor/pkg/gcc"
-	"github.com/pion/logging"
 	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
 	"github.com/pion/sdp/v3"
 )
 
-// GCC's bounds for a viewer. It starts at 1 Mbps, about the middle of the
+// The estimator's bounds for a viewer. It starts at 1 Mbps, about the middle of the
 // ladder; the floor is below the lowest rung (300 kbps), so a link too slow
 // for any video can show as such; the ceiling caps GCC's climb on an idle
 // link (it rises 8 % a second while nothing queues).
@@ -44,7 +41,7 @@ const (
 // maxFeedbackStatuses bounds the packet statuses taken from one RTCP read.
 // A browser's feedback covers the 50–250 ms since its previous one, a few
 // hundred packets; a hostile peer could otherwise make one 1.4 kB datagram
-// of short "not received" runs cost GCC tens of thousands of map lookups.
+// of short "not received" runs cost tens of thousands of steps.
 const maxFeedbackStatuses = 8192
 
 // A ring slot packs a sent packet into one word, so the writer records it
@@ -61,10 +58,10 @@ const (
 	timeMask  = 1<<timeBits - 1
 )
 
-// BWE is one viewer's send-side bandwidth estimation: pion's GCC fed by the
-// viewer's transport-wide congestion control feedback
-// (draft-holmer-rmcat-transport-wide-cc-extensions-01), and the count of
-// what that feedback acknowledged.
+// BWE is one viewer's send-side bandwidth estimation: Google Congestion
+// Control (gcc.go) fed by the viewer's transport-wide congestion control
+// feedback (draft-holmer-rmcat-transport-wide-cc-extensions-01), and the
+// count of what that feedback acknowledged.
 //
 // GCC only estimates here: media is not paced to its target (the viewer's
 // writer and the ABR decide what is sent). A viewer that did not negotiate
@@ -74,17 +71,15 @@ const (
 // The BWE belongs to its PeerConnection, and closing the PeerConnection
 // closes it. Its methods are safe for concurrent use.
 type BWE struct {
-	gcc   *gcc.SendSideBWE
-	pass  *passPacer
 	start time.Time
 	ring  [ringSize]atomic.Uint64
 
 	delivered atomic.Pointer[func(now time.Time, bytes, packets int)]
-	fed       atomic.Bool // GCC has had feedback: its target means something
+	target    atomic.Int64 // GCC's target, bit/s; 0 until it has one
 
 	sentPackets, sentBytes           atomic.Uint64
 	deliveredPackets, deliveredBytes atomic.Uint64
-	feedbacks, rejected, gccErrors   atomic.Uint64
+	feedbacks, rejected              atomic.Uint64
 	ackDelay                         atomic.Int64 // ns
 
 	// link accumulates what the receiver's clock says about the packets
@@ -92,13 +87,10 @@ type BWE struct {
 	linkMu sync.Mutex
 	link   linkAcc
 
-	// fbMu serializes feedback: the RTCP of each sender is read by its own
-	// goroutine, and TWCC feedback may come on any of them.
-	fbMu    sync.Mutex
-	scratch []rtcp.Packet
-
-	closeOnce sync.Once
-	closeErr  error
+	// fbMu serializes feedback, and guards gcc: the RTCP of each sender is
+	// read by its own goroutine, and TWCC feedback may come on any of them.
+	fbMu sync.Mutex
+	gcc  *gcc
 }
 
 // BWEStats is a BWE's state, for debugging.
@@ -113,13 +105,13 @@ type BWEStats struct {
 	// reported received.
 	DeliveredPackets, DeliveredBytes uint64
 	// Feedbacks counts TWCC feedback packets taken; Rejected those refused
-	// as malformed or over the per-read budget; GCCErrors those GCC refused.
-	Feedbacks, Rejected, GCCErrors uint64
+	// as malformed or over the per-read budget.
+	Feedbacks, Rejected uint64
 	// AckDelay is, at the last feedback, how long ago the newest packet it
 	// acknowledged was sent: about a round trip plus the feedback interval.
 	AckDelay time.Duration
-	// GCC is pion's own GetStats.
-	GCC map[string]any
+	// GCC is the estimator's state.
+	GCC GCCStats
 }
 
 // LinkSample is what the viewer's own clock, as its transport-wide
@@ -189,33 +181,16 @@ func (b *BWE) TakeLinkSample() LinkSample {
 	return s
 }
 
-// newBWE starts a GCC estimator (two goroutines, ended by Close).
-func newBWE(lf logging.LoggerFactory) (*BWE, error) {
-	if lf == nil {
-		lf = LoggerFactory(slog.New(slog.DiscardHandler))
-	}
-	pass := &passPacer{}
-	g, err := gcc.NewSendSideBWE(
-		gcc.SendSideBWEInitialBitrate(bweStartBitrate),
-		gcc.SendSideBWEMinBitrate(bweMinBitrate),
-		gcc.SendSideBWEMaxBitrate(bweMaxBitrate),
-		gcc.SendSideBWEPacer(pass),
-		gcc.WithLoggerFactory(lf),
-	)
-	if err != nil {
-		return nil, fmt.Errorf("webrtc: bandwidth estimator: %w", err)
-	}
-	return &BWE{gcc: g, pass: pass, start: time.Now()}, nil
+// newBWE returns a BWE with no feedback yet.
+func newBWE() *BWE {
+	b := &BWE{start: time.Now()}
+	b.gcc = newGCC(0)
+	return b
 }
 
 // TargetBitrate is GCC's current target in bit/s, or 0 while no transport
-// feedback has arrived (none yet, or the viewer did not negotiate it).
-func (b *BWE) TargetBitrate() int {
-	if !b.fed.Load() {
-		return 0
-	}
-	return b.gcc.GetTargetBitrate()
-}
+// feedback has set one (none yet, or the viewer did not negotiate it).
+func (b *BWE) TargetBitrate() int { return int(b.target.Load()) }
 
 // OnDelivered sets fn to be told, at each TWCC feedback, how many bytes
 // (RTP header, payload and padding) and packets it newly reported received.
@@ -230,6 +205,9 @@ func (b *BWE) OnDelivered(fn func(now time.Time, bytes, packets int)) {
 
 // Stats returns the BWE's counters and GCC's state.
 func (b *BWE) Stats() BWEStats {
+	b.fbMu.Lock()
+	g := b.gcc.stats()
+	b.fbMu.Unlock()
 	return BWEStats{
 		TargetBitrate:    b.TargetBitrate(),
 		SentPackets:      b.sentPackets.Load(),
@@ -238,17 +216,9 @@ func (b *BWE) Stats() BWEStats {
 		DeliveredBytes:   b.deliveredBytes.Load(),
 		Feedbacks:        b.feedbacks.Load(),
 		Rejected:         b.rejected.Load(),
-		GCCErrors:        b.gccErrors.Load(),
 		AckDelay:         time.Duration(b.ackDelay.Load()),
-		GCC:              b.gcc.GetStats(),
+		GCC:              g,
 	}
-}
-
-// Close stops GCC's goroutines. The PeerConnection's Close calls it;
-// idempotent.
-func (b *BWE) Close() error {
-	b.closeOnce.Do(func() { b.closeErr = b.gcc.Close() })
-	return b.closeErr
 }
 
 // micros is a time as the ring keeps it. A packet's is taken with
@@ -320,18 +290,18 @@ func (b *BWE) readRTCP(now time.Time, buf []byte) {
 }
 
 // onFeedback counts what fbs acknowledge, hands them to GCC, and reports
-// the newly delivered packets. The counting costs one step per chunk and
-// per received packet (each has a delta on the wire), so it is bounded by
-// the feedback's size; GCC's cost grows with the statuses declared, which
-// readRTCP keeps within maxFeedbackStatuses.
+// the newly delivered packets. It costs one step per chunk and per
+// received packet (each has a delta on the wire), so it is bounded by the
+// feedback's size, and readRTCP keeps the statuses declared within
+// maxFeedbackStatuses.
 func (b *BWE) onFeedback(now time.Time, fbs []*rtcp.TransportLayerCC) {
 	b.fbMu.Lock()
 	defer b.fbMu.Unlock()
 	full := int64(now.Sub(b.start) / time.Microsecond)
 	nowUs := micros(now.Sub(b.start))
 	bytes, packets := 0, 0
-	newest, acked := uint64(0), false
-	b.scratch = b.scratch[:0]
+	newest, acked, took := uint64(0), false, false
+	g := b.gcc
 	b.linkMu.Lock()
 	la := &b.link
 	la.rollBase(full)
@@ -341,7 +311,11 @@ func (b *BWE) onFeedback(now time.Time, fbs []*rtcp.TransportLayerCC) {
 			continue
 		}
 		b.feedbacks.Add(1)
-		b.scratch = append(b.scratch, fb)
+		took = true
+		// Round trips: now - sent - (newest receive - receive), the
+		// least over the packets; rttBase holds the least of
+		// now - sent + receive, and lastRecv the newest receive.
+		rttBase, lastRecv := int64(math.MaxInt64), int64(math.MinInt64)
 		// Receive times: the reference time (64 ms units) plus each
 		// received packet's delta, in order.
 		recv, k := int64(fb.ReferenceTime)*64000, 0
@@ -369,19 +343,22 @@ func (b *BWE) onFeedback(now time.Time, fbs []*rtcp.TransportLayerCC) {
 			if !acked || age < (nowUs-newest)&timeMask {
 				newest, acked = sent, true
 			}
-			la.add(recv, recv-(full-int64(age)), size)
+			dep := full - int64(age)
+			la.add(recv, recv-dep, size)
+			g.received(full, dep, recv, size)
+			rttBase, lastRecv = min(rttBase, full-dep+recv), max(lastRecv, recv)
 		})
+		rtt := int64(-1)
+		if rttBase != math.MaxInt64 {
+			rtt = max(rttBase-lastRecv, 0)
+		}
+		g.feedback(full, int(fb.PacketStatusCount), int(fb.PacketStatusCount)-len(fb.RecvDeltas), rtt)
 	}
 	b.linkMu.Unlock()
-	if len(b.scratch) == 0 {
+	if !took {
 		return
 	}
-	if err := b.gcc.WriteRTCP(b.scratch, nil); err != nil {
-		b.gccErrors.Add(1) // closed, or feedback it could not map: keep reading
-	} else {
-		b.fed.Store(true)
-	}
-	clear(b.scratch)
+	b.target.Store(int64(g.target))
 	if packets == 0 {
 		return
 	}
@@ -542,41 +519,21 @@ func twccExtID(info *interceptor.StreamInfo) uint8 {
 	return 0
 }
 
-// attrPool lends GCC the Attributes it would otherwise allocate for every
-// packet written with nil ones (pion's writers pass nil). Nothing in the
-// viewer chain keeps them past the write.
-var attrPool = sync.Pool{New: func() any { return interceptor.Attributes{} }}
-
-// BindLocalStream records each packet's sequence number and size, then
-// passes it to GCC. A stream without the extension bypasses both: the
-// viewer sends no feedback that could acknowledge it.
+// BindLocalStream records each packet's sequence number and size. A
+// stream without the extension is not recorded: the viewer sends no
+// feedback that could acknowledge it.
 func (i *bweInterceptor) BindLocalStream(info *interceptor.StreamInfo, writer interceptor.RTPWriter) interceptor.RTPWriter {
 	id := twccExtID(info)
 	if id == 0 {
 		return writer
 	}
 	b := i.b
-	w := b.gcc.AddStream(info, writer)
 	return interceptor.RTPWriterFunc(func(h *rtp.Header, payload []byte, a interceptor.Attributes) (int, error) {
 		if ext := h.GetExtension(id); len(ext) >= 2 {
 			b.record(binary.BigEndian.Uint16(ext), h.MarshalSize()+len(payload)+int(h.PaddingSize))
 		}
-		if a != nil {
-			return w.Write(h, payload, a)
-		}
-		a = attrPool.Get().(interceptor.Attributes)
-		n, err := w.Write(h, payload, a)
-		clear(a)
-		attrPool.Put(a)
-		return n, err
+		return writer.Write(h, payload, a)
 	})
-}
-
-// UnbindLocalStream forgets the stream's writer.
-func (i *bweInterceptor) UnbindLocalStream(info *interceptor.StreamInfo) {
-	if twccExtID(info) != 0 {
-		i.b.pass.remove(info.SSRC)
-	}
 }
 
 // BindRTCPReader takes the TWCC feedback out of the RTCP the session
@@ -591,70 +548,3 @@ func (i *bweInterceptor) BindRTCPReader(reader interceptor.RTCPReader) intercept
 		return n, a, err
 	})
 }
-
-// Close closes the BWE with its PeerConnection.
-func (i *bweInterceptor) Close() error { return i.b.Close() }
-
-// passPacer is a gcc.Pacer that does not pace: GCC's target is an input
-// to the ABR, not a limit on the wire (gcc.NoOpPacer is the same, but holds
-// one mutex across every write of the PeerConnection, retransmissions and
-// media alike). It hands each packet to its stream's writer: a
-// copy-on-write list, read without a lock.
-type passPacer struct {
-	mu      sync.Mutex // serializes changes to streams
-	streams atomic.Pointer[[]pacedStream]
-}
-
-type pacedStream struct {
-	ssrc uint32
-	w    interceptor.RTPWriter
-}
-
-var _ gcc.Pacer = (*passPacer)(nil)
-
-// AddStream adds or replaces the writer of ssrc.
-func (p *passPacer) AddStream(ssrc uint32, w interceptor.RTPWriter) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.update(ssrc, w)
-}
-
-func (p *passPacer) remove(ssrc uint32) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.update(ssrc, nil)
-}
-
-// update copies the list without ssrc, then adds w if it is not nil.
-func (p *passPacer) update(ssrc uint32, w interceptor.RTPWriter) {
-	var next []pacedStream
-	if cur := p.streams.Load(); cur != nil {
-		for _, s := range *cur {
-			if s.ssrc != ssrc {
-				next = append(next, s)
-			}
-		}
-	}
-	if w != nil {
-		next = append(next, pacedStream{ssrc: ssrc, w: w})
-	}
-	p.streams.Store(&next)
-}
-
-// Write sends the packet on at once.
-func (p *passPacer) Write(h *rtp.Header, payload []byte, a interceptor.Attributes) (int, error) {
-	if cur := p.streams.Load(); cur != nil {
-		for _, s := range *cur {
-			if s.ssrc == h.SSRC {
-				return s.w.Write(h, payload, a)
-			}
-		}
-	}
-	return 0, fmt.Errorf("%w: %d", gcc.ErrUnknownStream, h.SSRC)
-}
-
-// SetTargetBitrate is GCC telling the pacer its target: ignored.
-func (p *passPacer) SetTargetBitrate(int) {}
-
-// Close implements gcc.Pacer.
-func (p *passPacer) Close() error { return nil }

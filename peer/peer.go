@@ -313,17 +313,14 @@ func (e *Engine) Viewer() *webrtc.API { return e.viewer }
 //
 // Its interceptors are, in the order a packet meets them: pion's TWCC
 // header extension (the transport-wide sequence number), the BWE (records
-// the packet, then pion's GCC), and sender reports. pion's NACK responder
-// and generator stay out, as in Viewer. GCC adds two goroutines per
-// PeerConnection; closing the PeerConnection ends them.
+// the packet's size and send time), and sender reports. pion's NACK
+// responder and generator stay out, as in Viewer. The BWE's estimator runs
+// on the RTCP reader: it adds no goroutine.
 //
 // The session must keep reading each RTPSender's RTCP: the BWE sees the
 // viewer's feedback only as it is read.
 func (e *Engine) NewViewer() (*webrtc.PeerConnection, *BWE, error) {
-	b, err := newBWE(e.lf)
-	if err != nil {
-		return nil, nil, err
-	}
+	b := newBWE()
 	ir := &interceptor.Registry{}
 	ir.Add(e.reports)
 	ir.Add(&bweFactory{b: b})
@@ -331,7 +328,6 @@ func (e *Engine) NewViewer() (*webrtc.PeerConnection, *BWE, error) {
 	api := webrtc.NewAPI(webrtc.WithMediaEngine(e.viewerMedia), webrtc.WithInterceptorRegistry(ir), webrtc.WithSettingEngine(e.viewerSettings))
 	pc, err := api.NewPeerConnection(webrtc.Configuration{})
 	if err != nil {
-		b.Close() // pion does not close the interceptors of a PeerConnection it failed to make
 		return nil, nil, fmt.Errorf("webrtc: new viewer: %w", err)
 	}
 	return pc, b, nil

@@ -114,6 +114,7 @@ type config struct {
 	Batch          int           `json:"batch"`
 	ConnectTimeout time.Duration `json:"connect_timeout_ns"`
 	WaitQuiet      float64       `json:"wait_quiet_cores,omitempty"`
+	ProfileDir     string        `json:"profile_dir,omitempty"`
 	JSON           bool          `json:"-"`
 }
 
@@ -192,6 +193,7 @@ func run() int {
 	flag.IntVar(&c.Batch, "batch", 10, "viewers connecting concurrently")
 	flag.DurationVar(&c.ConnectTimeout, "connect-timeout", 15*time.Second, "time allowed for one viewer to connect")
 	flag.Float64Var(&c.WaitQuiet, "wait-quiet", 0, "before each run, wait (up to 10 min) until the rest of the machine uses at most this many cores; 0 does not wait")
+	flag.StringVar(&c.ProfileDir, "profile", "", "save a CPU profile of the server over each run's window in this directory (cpu-N.pprof)")
 	flag.BoolVar(&c.JSON, "json", false, "print results as JSON instead of a table")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "Usage: cascade-load [flags]\n\nMeasures a cascade server's CPU and memory per WHEP viewer (see go doc ./cmd/cascade-load).\n\n")
@@ -456,6 +458,15 @@ func oneRun(ctx context.Context, c config, h host, tmp string, n int) (r result)
 	if a.err != nil {
 		return fail("%v", a.err)
 	}
+	var prof chan error
+	if c.ProfileDir != "" {
+		prof = make(chan error, 1)
+		secs := max(1, int(c.Window.Round(time.Second)/time.Second))
+		url := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", srv.base, secs)
+		go func() {
+			prof <- saveProfile(ctx, url, c.Window, filepath.Join(c.ProfileDir, fmt.Sprintf("cpu-%d.pprof", n)))
+		}()
+	}
 	if !sleep(ctx, c.Window) {
 		return fail("interrupted")
 	}
@@ -464,6 +475,14 @@ func oneRun(ctx context.Context, c config, h host, tmp string, n int) (r result)
 		return fail("%v", b.err)
 	}
 	ms1, merr := scrape(srv.base + "/metrics")
+	if prof != nil {
+		if err := <-prof; err != nil {
+			logf("run %d: profile: %v", n, err)
+		}
+		if err := saveProfile(ctx, srv.base+"/debug/pprof/heap?gc=1", 0, filepath.Join(c.ProfileDir, fmt.Sprintf("heap-%d.pprof", n))); err != nil {
+			logf("run %d: heap profile: %v", n, err)
+		}
+	}
 	if v, err := serverViewers(srv.base); err == nil {
 		r.ServerViewers = v
 	}
@@ -792,4 +811,30 @@ func freeUDPAndTCP() (string, error) {
 		return addr, nil
 	}
 	return "", fmt.Errorf("no loopback port free for UDP and TCP: %v", last)
+}
+
+// saveProfile writes the pprof profile at url, which takes d to make, to
+// path. A CPU profile costs the server about 1 % of a core while it runs.
+func saveProfile(ctx context.Context, url string, d time.Duration, path string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := (&http.Client{Timeout: d + 30*time.Second}).Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", req.URL, resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
