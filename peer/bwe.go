@@ -203,6 +203,10 @@ func (b *BWE) OnDelivered(fn func(now time.Time, bytes, packets int)) {
 	b.delivered.Store(&fn)
 }
 
+// Rejected counts the feedback packets refused as malformed or over the
+// per-read budget.
+func (b *BWE) Rejected() uint64 { return b.rejected.Load() }
+
 // Stats returns the BWE's counters and GCC's state.
 func (b *BWE) Stats() BWEStats {
 	b.fbMu.Lock()
@@ -257,10 +261,11 @@ func (b *BWE) acked(seq uint16) bool {
 
 // readRTCP takes the TWCC feedback in one RTCP read (a packet or a
 // compound). It never fails: whatever it cannot use is left to the
-// session's own RTCP handling.
+// session's own RTCP handling. It allocates nothing.
 func (b *BWE) readRTCP(now time.Time, buf []byte) {
 	budget := maxFeedbackStatuses
-	var fbs []*rtcp.TransportLayerCC
+	var st feedbackTotals
+	locked := false
 	for len(buf) >= 4 {
 		n := (int(binary.BigEndian.Uint16(buf[2:4])) + 1) * 4
 		if n > len(buf) {
@@ -268,106 +273,92 @@ func (b *BWE) readRTCP(now time.Time, buf []byte) {
 		}
 		p := buf[:n]
 		buf = buf[n:]
-		if p[1] != byte(rtcp.TypeTransportSpecificFeedback) || p[0]&0x1f != rtcp.FormatTCC || n < 20 {
+		if p[1] != byte(rtcp.TypeTransportSpecificFeedback) || p[0]&0x1f != rtcp.FormatTCC {
 			continue
 		}
-		statuses := int(binary.BigEndian.Uint16(p[14:16]))
-		if statuses > budget {
+		fb, ok := parseTWCC(p)
+		if !ok || int(fb.count) > budget {
 			b.rejected.Add(1)
 			continue
 		}
-		fb := new(rtcp.TransportLayerCC)
-		if fb.Unmarshal(p) != nil {
-			b.rejected.Add(1)
-			continue
+		budget -= int(fb.count)
+		if !locked {
+			b.fbMu.Lock()
+			b.linkMu.Lock()
+			locked = true
 		}
-		budget -= statuses
-		fbs = append(fbs, fb)
+		b.feedback(now, &fb, &st)
 	}
-	if len(fbs) > 0 {
-		b.onFeedback(now, fbs)
+	if !locked {
+		return
+	}
+	b.linkMu.Unlock()
+	b.target.Store(int64(b.gcc.target))
+	b.fbMu.Unlock()
+	if st.packets == 0 {
+		return
+	}
+	b.deliveredPackets.Add(uint64(st.packets))
+	b.deliveredBytes.Add(uint64(st.bytes))
+	b.ackDelay.Store(int64((micros(now.Sub(b.start))-st.newest)&timeMask) * int64(time.Microsecond))
+	if fn := b.delivered.Load(); fn != nil {
+		(*fn)(now, st.bytes, st.packets)
 	}
 }
 
-// onFeedback counts what fbs acknowledge, hands them to GCC, and reports
-// the newly delivered packets. It costs one step per chunk and per
-// received packet (each has a delta on the wire), so it is bounded by the
-// feedback's size, and readRTCP keeps the statuses declared within
-// maxFeedbackStatuses.
-func (b *BWE) onFeedback(now time.Time, fbs []*rtcp.TransportLayerCC) {
-	b.fbMu.Lock()
-	defer b.fbMu.Unlock()
+// feedbackTotals are what one read's feedback newly acknowledged.
+type feedbackTotals struct {
+	bytes, packets int
+	newest         uint64 // the send time (ring form) of the newest packet
+	acked          bool
+}
+
+// feedback counts what fb acknowledges, feeds the link sample and GCC,
+// and adds to st. It costs one step per chunk and per status, bounded by
+// the feedback's size and by readRTCP's budget. b.fbMu and b.linkMu are
+// held.
+func (b *BWE) feedback(now time.Time, fb *twccFeedback, st *feedbackTotals) {
 	full := int64(now.Sub(b.start) / time.Microsecond)
 	nowUs := micros(now.Sub(b.start))
-	bytes, packets := 0, 0
-	newest, acked, took := uint64(0), false, false
-	g := b.gcc
-	b.linkMu.Lock()
-	la := &b.link
+	g, la := b.gcc, &b.link
 	la.rollBase(full)
-	for _, fb := range fbs {
-		if !wellFormed(fb) {
-			b.rejected.Add(1)
-			continue
-		}
-		b.feedbacks.Add(1)
-		took = true
-		// Round trips: now - sent - (newest receive - receive), the
-		// least over the packets; rttBase holds the least of
-		// now - sent + receive, and lastRecv the newest receive.
-		rttBase, lastRecv := int64(math.MaxInt64), int64(math.MinInt64)
-		// Receive times: the reference time (64 ms units) plus each
-		// received packet's delta, in order.
-		recv, k := int64(fb.ReferenceTime)*64000, 0
-		if la.haveSeq && int16(fb.BaseSequenceNumber-la.nextSeq) > 0 {
-			la.haveRecv = false
-		}
-		if end := fb.BaseSequenceNumber + fb.PacketStatusCount; !la.haveSeq || int16(end-la.nextSeq) > 0 {
-			la.nextSeq, la.haveSeq = end, true
-		}
-		forReceived(fb, func(seq uint16) {
-			recv += fb.RecvDeltas[k].Delta
-			k++
-			size, sent, ok := b.ack(seq)
-			if !ok {
-				if !b.acked(seq) {
-					// Received, but its size is lost (the ring moved on):
-					// the span up to it is not all accounted for.
-					la.haveRecv = false
-				}
-				return
+	b.feedbacks.Add(1)
+	if la.haveSeq && int16(fb.base-la.nextSeq) > 0 {
+		la.haveRecv = false
+	}
+	if end := fb.base + fb.count; !la.haveSeq || int16(end-la.nextSeq) > 0 {
+		la.nextSeq, la.haveSeq = end, true
+	}
+	// Round trips: now - sent - (newest receive - receive), the least over
+	// the packets; rttBase holds the least of now - sent + receive.
+	rttBase, lastRecv, received := int64(math.MaxInt64), int64(math.MinInt64), 0
+	fb.received(func(seq uint16, recv int64) {
+		received++
+		size, sent, ok := b.ack(seq)
+		if !ok {
+			if !b.acked(seq) {
+				// Received, but its size is lost (the ring moved on): the
+				// span up to it is not all accounted for.
+				la.haveRecv = false
 			}
-			bytes += size
-			packets++
-			age := (nowUs - sent) & timeMask
-			if !acked || age < (nowUs-newest)&timeMask {
-				newest, acked = sent, true
-			}
-			dep := full - int64(age)
-			la.add(recv, recv-dep, size)
-			g.received(full, dep, recv, size)
-			rttBase, lastRecv = min(rttBase, full-dep+recv), max(lastRecv, recv)
-		})
-		rtt := int64(-1)
-		if rttBase != math.MaxInt64 {
-			rtt = max(rttBase-lastRecv, 0)
+			return
 		}
-		g.feedback(full, int(fb.PacketStatusCount), int(fb.PacketStatusCount)-len(fb.RecvDeltas), rtt)
+		st.bytes += size
+		st.packets++
+		age := (nowUs - sent) & timeMask
+		if !st.acked || age < (nowUs-st.newest)&timeMask {
+			st.newest, st.acked = sent, true
+		}
+		dep := full - int64(age)
+		la.add(recv, recv-dep, size)
+		g.received(full, dep, recv, size)
+		rttBase, lastRecv = min(rttBase, full-dep+recv), max(lastRecv, recv)
+	})
+	rtt := int64(-1)
+	if rttBase != math.MaxInt64 {
+		rtt = max(rttBase-lastRecv, 0)
 	}
-	b.linkMu.Unlock()
-	if !took {
-		return
-	}
-	b.target.Store(int64(g.target))
-	if packets == 0 {
-		return
-	}
-	b.deliveredPackets.Add(uint64(packets))
-	b.deliveredBytes.Add(uint64(bytes))
-	b.ackDelay.Store(int64((nowUs-newest)&timeMask) * int64(time.Microsecond))
-	if fn := b.delivered.Load(); fn != nil {
-		(*fn)(now, bytes, packets)
-	}
+	g.feedback(full, int(fb.count), int(fb.count)-received, rtt)
 }
 
 // rollBase moves the base one-way delay's windows on to now (µs).
@@ -403,86 +394,6 @@ func (a *linkAcc) add(recv, owd int64, size int) {
 	}
 	if !a.haveRecv || recv > a.lastRecvUs || a.lastRecvUs-recv > 1_000_000 {
 		a.lastRecvUs, a.haveRecv = recv, true
-	}
-}
-
-func received(symbol uint16) bool {
-	return symbol == rtcp.TypeTCCPacketReceivedSmallDelta || symbol == rtcp.TypeTCCPacketReceivedLargeDelta
-}
-
-// wellFormed checks what the draft's section 3.1 requires and pion's
-// parser guarantees for packets off the wire, but a struct need not: the
-// chunks cover the status count, and each received packet has its delta.
-// GCC indexes the deltas by the statuses without checking them all.
-func wellFormed(fb *rtcp.TransportLayerCC) bool {
-	remaining, withDelta := int(fb.PacketStatusCount), 0
-	for _, c := range fb.PacketChunks {
-		if remaining == 0 {
-			break
-		}
-		switch c := c.(type) {
-		case *rtcp.RunLengthChunk:
-			if c == nil {
-				return false
-			}
-			n := min(int(c.RunLength), remaining)
-			if received(c.PacketStatusSymbol) {
-				withDelta += n
-			}
-			remaining -= n
-		case *rtcp.StatusVectorChunk:
-			if c == nil {
-				return false
-			}
-			n := min(len(c.SymbolList), remaining)
-			for _, s := range c.SymbolList[:n] {
-				if received(s) {
-					withDelta++
-				}
-			}
-			remaining -= n
-		default:
-			return false
-		}
-	}
-	if remaining > 0 || withDelta != len(fb.RecvDeltas) {
-		return false
-	}
-	for _, d := range fb.RecvDeltas {
-		if d == nil {
-			return false
-		}
-	}
-	return true
-}
-
-// forReceived calls fn with each sequence number fb reports received, in
-// order; fb must be wellFormed.
-func forReceived(fb *rtcp.TransportLayerCC, fn func(seq uint16)) {
-	seq, remaining := fb.BaseSequenceNumber, int(fb.PacketStatusCount)
-	for _, c := range fb.PacketChunks {
-		if remaining == 0 {
-			return
-		}
-		n := 0
-		switch c := c.(type) {
-		case *rtcp.RunLengthChunk:
-			n = min(int(c.RunLength), remaining)
-			if received(c.PacketStatusSymbol) {
-				for i := 0; i < n; i++ {
-					fn(seq + uint16(i))
-				}
-			}
-		case *rtcp.StatusVectorChunk:
-			n = min(len(c.SymbolList), remaining)
-			for i, s := range c.SymbolList[:n] {
-				if received(s) {
-					fn(seq + uint16(i))
-				}
-			}
-		}
-		seq += uint16(n)
-		remaining -= n
 	}
 }
 

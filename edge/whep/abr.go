@@ -94,16 +94,16 @@ type viewerABR struct {
 	ladder []Rendition
 	pinned bool
 
-	reason      string // of the switch under way
-	ladderAt    time.Time
-	estimateAt  time.Time
-	pausedAt    time.Time // zero while video flows
-	firstFrame  bool
-	probeRate   int
-	probeSent   int // media bytes since the last padding top-up
-	padDebt     int // padding owed (negative: media sent over the probe's rate)
-	lastStats   abr.Stats
-	lastEstimte float64
+	reason       string // of the switch under way
+	ladderAt     time.Time
+	estimateAt   time.Time
+	pausedAt     time.Time // zero while video flows
+	firstFrame   bool
+	probeRate    int
+	probeSent    int // media bytes since the last padding top-up
+	padDebt      int // padding owed (negative: media sent over the probe's rate)
+	lastStats    abr.Stats
+	lastEstimate float64
 }
 
 // estimator is the viewer's send-side bandwidth estimate (GCC), when the
@@ -232,7 +232,7 @@ func (a *viewerABR) tick(now time.Time, s *session) bool {
 		a.refresh(now, s)
 	}
 	d := a.ctl.Tick(now)
-	a.lastEstimte = d.Estimate
+	a.lastEstimate = d.Estimate
 	a.apply(now, d, s)
 	a.setPace(d, s.video)
 	if now.Sub(a.estimateAt) >= time.Second {
@@ -339,8 +339,8 @@ func (a *viewerABR) switched(now time.Time, s *session) {
 	}
 	s.holdRung(v.name)
 	s.e.m.switches.WithLabelValues(dir, a.reason).Inc()
-	s.emit(wish.SwitchEvent{From: from, To: v.name, Reason: a.reason, Estimate: int64(a.lastEstimte)}.Event())
-	s.log.Debug("rendition switched", "from", from, "to", v.name, "reason", a.reason, "estimate", int64(a.lastEstimte))
+	s.emit(wish.SwitchEvent{From: from, To: v.name, Reason: a.reason, Estimate: int64(a.lastEstimate)}.Event())
+	s.log.Debug("rendition switched", "from", from, "to", v.name, "reason", a.reason, "estimate", int64(a.lastEstimate))
 }
 
 // rungGone handles the current rung's hub closing under the viewer: if the

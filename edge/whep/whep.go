@@ -6,6 +6,7 @@ package whep
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
@@ -295,6 +296,8 @@ type session struct {
 	started time.Time
 	abr     viewerABR // the rendition choice; video only
 	bwe     estimator // nil without one
+	// rejected is the BWE's refused feedback counted so far (writer goroutine).
+	rejected uint64
 	// heldRung is the rung counted in the viewers-per-rung gauge (writer
 	// goroutine); heldName the one events report (evMu).
 	heldRung  string
@@ -338,12 +341,16 @@ const maxRetransmitsPerReport = 256
 func (s *session) readRTCP(sender *webrtc.RTPSender, o *output) {
 	defer s.wg.Done()
 	var hdr rtp.Header
-	nacks := s.e.m.nacks.WithLabelValues(s.stream)
-	rtx := s.e.m.retransmits.WithLabelValues(s.stream)
-	plis := s.e.m.plis.WithLabelValues(s.stream)
 	video := o.kind == "video"
+	c := rtcpCounters{nacks: s.e.m.nacks.WithLabelValues(s.stream), retransmits: s.e.m.retransmits.WithLabelValues(s.stream),
+		plis: s.e.m.plis.WithLabelValues(s.stream)}
+	// Read, not ReadRTCP: that allocates a buffer per read and parses
+	// every packet of the compound, the TWCC feedback included, which the
+	// BWE has read already on its way here (peer.BWE). Only the rare
+	// packets the session acts on are parsed.
+	buf := make([]byte, rtcpBuffer)
 	for {
-		pkts, _, err := sender.ReadRTCP()
+		n, _, err := sender.Read(buf)
 		if err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrClosedPipe) {
 				return
@@ -353,8 +360,8 @@ func (s *session) readRTCP(sender *webrtc.RTPSender, o *output) {
 				return
 			default:
 			}
-			// One malformed compound packet must not end NACK and PLI
-			// service for this viewer.
+			// One bad read must not end NACK and PLI service for this
+			// viewer.
 			s.e.m.badRTCP.Inc()
 			continue
 		}
@@ -362,50 +369,109 @@ func (s *session) readRTCP(sender *webrtc.RTPSender, o *output) {
 		s.lastRTCP.Store(now.UnixNano())
 		s.heardOnce.Do(func() { close(s.heard) })
 		budget := maxRetransmitsPerReport
-		for _, p := range pkts {
-			switch p := p.(type) {
-			case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
-				plis.Inc()
-				if h := o.current(); h != nil {
-					h.RequestKeyframe()
-				}
-			case *rtcp.TransportLayerNack:
-				n := 0
-				for _, pair := range p.Nacks {
-					for _, seq := range pair.PacketList() {
-						n++
-						nacks.Inc()
-						if budget == 0 {
-							continue
-						}
-						budget--
-						if pkt, off := o.lookup(seq); pkt != nil {
-							hdr = rtp.Header{Version: 2, Marker: pkt.Marker, SequenceNumber: seq, Timestamp: pkt.Timestamp + off,
-								Extensions: hdr.Extensions[:0]} // reused, as in output.send
-							if o.track.write(&hdr, pkt.Payload) == nil {
-								rtx.Inc()
-								s.e.egress.Add(uint64(len(pkt.Payload)))
-							}
-						}
-					}
-				}
-				if video {
-					s.abr.onNACK(now, n)
-				}
-			case *rtcp.ReceiverReport:
-				if video {
-					ssrc := o.track.ssrc()
-					for _, r := range p.Reports {
-						if r.SSRC == ssrc {
-							s.abr.onLoss(now, float64(r.FractionLost)/256)
-						}
-					}
-				}
-			case *rtcp.ReceiverEstimatedMaximumBitrate:
-				s.abr.onREMB(now, float64(p.Bitrate))
+		for b := buf[:n]; len(b) > 0; {
+			size := 0
+			if len(b) >= 4 {
+				size = (int(binary.BigEndian.Uint16(b[2:4])) + 1) * 4
+			}
+			if size == 0 || size > len(b) || b[0]>>6 != 2 {
+				s.e.m.badRTCP.Inc()
+				break
+			}
+			p := b[:size]
+			b = b[size:]
+			if !s.onRTCP(now, p, o, video, &c, &budget, &hdr) {
+				s.e.m.badRTCP.Inc()
 			}
 		}
 	}
+}
+
+// countRejected adds the transport-wide feedback the viewer's BWE refused
+// since the last call (malformed, or over its budget) to the bad RTCP.
+func (s *session) countRejected() {
+	if b, ok := s.bwe.(interface{ Rejected() uint64 }); ok {
+		if n := b.Rejected(); n > s.rejected {
+			s.e.m.badRTCP.Add(float64(n - s.rejected))
+			s.rejected = n
+		}
+	}
+}
+
+// rtcpBuffer holds any RTCP datagram: pion reads at most its receive MTU
+// (1460 bytes).
+const rtcpBuffer = 1500
+
+// rtcpCounters are a session's series of the per-stream RTCP metrics.
+type rtcpCounters struct{ nacks, retransmits, plis prometheus.Counter }
+
+// onRTCP acts on one RTCP packet p of a viewer's compound: keyframe
+// requests, NACKs (answered from the shared buffers, at most budget
+// retransmissions per compound), receiver reports' loss and REMB. It
+// reports false for a packet it should understand but cannot parse.
+func (s *session) onRTCP(now time.Time, p []byte, o *output, video bool, c *rtcpCounters, budget *int, hdr *rtp.Header) bool {
+	format := p[0] & 0x1f
+	switch rtcp.PacketType(p[1]) {
+	case rtcp.TypePayloadSpecificFeedback:
+		switch format {
+		case rtcp.FormatPLI, rtcp.FormatFIR:
+			c.plis.Inc()
+			if h := o.current(); h != nil {
+				h.RequestKeyframe()
+			}
+		case rtcp.FormatREMB:
+			var r rtcp.ReceiverEstimatedMaximumBitrate
+			if r.Unmarshal(p) != nil {
+				return false
+			}
+			s.abr.onREMB(now, float64(r.Bitrate))
+		}
+	case rtcp.TypeTransportSpecificFeedback:
+		if format != rtcp.FormatTLN {
+			return true // TWCC: the BWE's
+		}
+		var nack rtcp.TransportLayerNack
+		if nack.Unmarshal(p) != nil {
+			return false
+		}
+		n := 0
+		for _, pair := range nack.Nacks {
+			for _, seq := range pair.PacketList() {
+				n++
+				if *budget == 0 {
+					continue
+				}
+				*budget--
+				if pkt, off := o.lookup(seq); pkt != nil {
+					*hdr = rtp.Header{Version: 2, Marker: pkt.Marker, SequenceNumber: seq, Timestamp: pkt.Timestamp + off,
+						Extensions: hdr.Extensions[:0]} // reused, as in output.send
+					if o.track.write(hdr, pkt.Payload) == nil {
+						c.retransmits.Inc()
+						s.e.egress.Add(uint64(len(pkt.Payload)))
+					}
+				}
+			}
+		}
+		c.nacks.Add(float64(n))
+		if video {
+			s.abr.onNACK(now, n)
+		}
+	case rtcp.TypeReceiverReport:
+		if !video {
+			return true
+		}
+		var rr rtcp.ReceiverReport
+		if rr.Unmarshal(p) != nil {
+			return false
+		}
+		ssrc := o.track.ssrc()
+		for _, r := range rr.Reports {
+			if r.SSRC == ssrc {
+				s.abr.onLoss(now, float64(r.FractionLost)/256)
+			}
+		}
+	}
+	return true
 }
 
 // abrTick is how often the writer consults the viewer's rendition choice.
@@ -525,6 +591,7 @@ func (s *session) write() {
 				}
 			}
 			if ticks++; ticks%10 == 0 {
+				s.countRejected()
 				if reason := s.expired(now); reason != "" {
 					s.log.Warn("closing viewer", "reason", reason)
 					go s.Close()

@@ -1,0 +1,130 @@
+package peer
+
+import "encoding/binary"
+
+// twccFeedback is a transport-wide congestion control feedback packet
+// (draft-holmer-rmcat-transport-wide-cc-extensions-01, section 3.1), read
+// in place: parsing it allocates nothing, where pion's rtcp package
+// allocates a chunk per two bytes and a delta per packet received.
+//
+// parseTWCC accepts exactly what pion's TransportLayerCC.Unmarshal accepts
+// (a differential fuzz test holds them together), and each reports the same
+// packets received with the same deltas.
+type twccFeedback struct {
+	base, count uint16
+	// ref is the reference time in µs (the 24-bit field in 64 ms units).
+	ref    int64
+	chunks []byte // the packet status chunks
+	deltas []byte // the receive deltas and any padding
+}
+
+const (
+	twccHeader   = 20 // RTCP header, two SSRCs, base, count, reference, fb count
+	twccDeltaUs  = 250
+	symNone      = 0
+	symSmall     = 1
+	symLarge     = 2
+	runChunk     = 0
+	vectorChunk  = 1
+	chunkBytes   = 2
+	vectorTwoBit = 1
+)
+
+// parseTWCC reads p, one RTCP packet (not a compound), as TWCC feedback.
+func parseTWCC(p []byte) (fb twccFeedback, ok bool) {
+	if len(p) < twccHeader || p[0]>>6 != 2 || p[0]&0x1f != 15 || p[1] != 205 {
+		return fb, false
+	}
+	total := 4 * (int(binary.BigEndian.Uint16(p[2:4])) + 1)
+	if total < twccHeader || total > len(p) {
+		return fb, false
+	}
+	p = p[:total]
+	fb.base = binary.BigEndian.Uint16(p[12:14])
+	fb.count = binary.BigEndian.Uint16(p[14:16])
+	fb.ref = int64(uint32(p[16])<<16|uint32(p[17])<<8|uint32(p[18])) * 64000
+	pos, done, need := twccHeader, 0, 0
+	for done < int(fb.count) {
+		// As pion: a chunk must leave at least one byte after it.
+		if pos+chunkBytes >= total {
+			return fb, false
+		}
+		n, small, large := chunk(binary.BigEndian.Uint16(p[pos:]), int(fb.count)-done)
+		done += n
+		need += small + 2*large
+		pos += chunkBytes
+	}
+	if need > total-pos {
+		return fb, false
+	}
+	fb.chunks, fb.deltas = p[twccHeader:pos], p[pos:]
+	return fb, true
+}
+
+// chunk returns how many of at most left statuses c covers, and how many
+// of them were received with a small and with a large delta.
+func chunk(c uint16, left int) (n, small, large int) {
+	if c>>15 == runChunk {
+		n = min(int(c&0x1fff), left)
+		switch c >> 13 & 3 {
+		case symSmall:
+			small = n
+		case symLarge:
+			large = n
+		}
+		return n, small, large
+	}
+	if c>>14&1 == vectorTwoBit {
+		n = min(7, left)
+		for i := 0; i < n; i++ {
+			switch c >> (12 - 2*i) & 3 {
+			case symSmall:
+				small++
+			case symLarge:
+				large++
+			}
+		}
+		return n, small, large
+	}
+	n = min(14, left)
+	for i := 0; i < n; i++ {
+		small += int(c >> (13 - i) & 1)
+	}
+	return n, small, 0
+}
+
+// symbol is the status of the i-th packet a chunk covers.
+func symbol(c uint16, i int) uint16 {
+	switch {
+	case c>>15 == runChunk:
+		return c >> 13 & 3
+	case c>>14&1 == vectorTwoBit:
+		return c >> (12 - 2*i) & 3
+	default:
+		return c >> (13 - i) & 1
+	}
+}
+
+// received calls fn for each packet fb reports received, in order, with
+// its receive time in µs (the reference time plus the deltas so far).
+func (fb *twccFeedback) received(fn func(seq uint16, recv int64)) {
+	seq, left, d, recv := fb.base, int(fb.count), fb.deltas, fb.ref
+	for k := 0; left > 0; k += chunkBytes {
+		c := binary.BigEndian.Uint16(fb.chunks[k:])
+		n, _, _ := chunk(c, left)
+		for i := 0; i < n; i++ {
+			switch symbol(c, i) {
+			case symSmall:
+				recv += int64(d[0]) * twccDeltaUs
+				d = d[1:]
+				fn(seq, recv)
+			case symLarge:
+				recv += int64(int16(binary.BigEndian.Uint16(d))) * twccDeltaUs
+				d = d[2:]
+				fn(seq, recv)
+			}
+			seq++
+		}
+		left -= n
+	}
+}
