@@ -474,6 +474,10 @@ func (s *session) onRTCP(now time.Time, p []byte, o *output, video bool, c *rtcp
 	return true
 }
 
+// keptEntries is the capacity of the writer's buffer between bursts: a
+// frame or two of packets.
+const keptEntries = 64
+
 // abrTick is how often the writer consults the viewer's rendition choice.
 const abrTick = 100 * time.Millisecond
 
@@ -523,7 +527,7 @@ func (s *session) write() {
 	case <-s.heard:
 	case <-time.After(listenWait):
 	}
-	buf := make([]media.Entry, 0, 64)
+	buf := make([]media.Entry, 0, keptEntries)
 	var probe *time.Ticker
 	var probeC <-chan time.Time
 	defer func() {
@@ -544,6 +548,11 @@ func (s *session) write() {
 		}
 		if a := s.audio; a != nil {
 			aWake, aDone = a.sub.Wake(), a.sub.Done()
+		}
+		if cap(buf) > keptEntries {
+			// A burst (a joining viewer's cached GOP, a backlog behind the
+			// pacer) grew it: let that go rather than keep it per viewer.
+			buf = make([]media.Entry, 0, keptEntries)
 		}
 		var n int
 		select {
