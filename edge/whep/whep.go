@@ -137,7 +137,7 @@ func New(eng *peer.Engine, streams Streams, pr prometheus.Registerer, log *slog.
 	m.pausedSeconds = prometheus.NewCounter(prometheus.CounterOpts{Name: "cascade_abr_video_paused_seconds_total", Help: "Viewer-seconds of video paused (audio only) for lack of bandwidth."})
 	m.audioOnly = prometheus.NewCounter(prometheus.CounterOpts{Name: "cascade_abr_audio_only_total", Help: "Times a viewer's video was paused for lack of bandwidth."})
 	m.eventsDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "cascade_viewer_events_dropped_total", Help: "Session events not delivered because the player's stream was full."})
-	m.badRTCP = prometheus.NewCounter(prometheus.CounterOpts{Name: "cascade_viewer_bad_rtcp_total", Help: "Malformed RTCP from viewers, dropped."})
+	m.badRTCP = prometheus.NewCounter(prometheus.CounterOpts{Name: "cascade_viewer_bad_rtcp_total", Help: "Malformed RTCP from viewers, and transport-wide feedback the bandwidth estimator refused (malformed, or over its per-read budget), dropped."})
 	pr.MustRegister(m.badRTCP)
 	pr.MustRegister(m.viewers, m.packets, m.bytes, m.drops, m.nacks, m.retransmits, m.plis,
 		m.rungViewers, m.switches, m.estimate, m.probes, m.firstFrame, m.pausedSeconds, m.audioOnly, m.eventsDropped)
