@@ -8,7 +8,8 @@
 //
 //	c, err := abr.New(abr.DefaultConfig(), ladder, abr.Limits{MaxHeight: 720}, time.Now())
 //	// RTCP goroutine: c.OnEstimate, c.OnDelivered, c.OnLoss, c.OnNACK, c.OnREMB, c.OnRTT
-//	// writer:         c.OnSent for each media packet written, c.OnLinkSample each tick
+//	// writer:         c.Started when media first flows, c.OnSent for each media
+//	//                 packet written, c.OnLinkSample each tick
 //	d := c.Tick(time.Now()) // every 100–250 ms
 //
 // # Inputs
@@ -97,9 +98,10 @@
 // tried again for the same rung for 8 s unless a check shows the link
 // carries more than it did then: a rung whose need is within a few
 // percent of the link would otherwise overflow it every few seconds.
-// Loss within 2 s of joining, of any switch or of a probe's end is the
-// keyframe burst's or the probe's, and is not held against the rung. A
-// climb undone by congestion within 3 s counts as a failure.
+// Loss within 2 s of joining (the first media, Started), of any switch or
+// of a probe's end is the keyframe burst's or the probe's, and is not held
+// against the rung. A climb undone by congestion within 3 s counts as a
+// failure.
 //
 // A pin (Limits.Pin) fixes the rung and stops probing. MaxHeight and
 // MaxBitrate take rungs out of the choice (if they take all, the lowest
@@ -372,6 +374,7 @@ type Controller struct {
 	proven      float64
 	congestedAt time.Time
 	switchedAt  time.Time
+	begun       bool // Started was called, or the viewer switched
 	downAt      time.Time
 	climbedAt   time.Time
 	below       time.Time // when raw fell below the lowest rung; zero: it is not
@@ -406,6 +409,20 @@ func New(cfg Config, ladder []Rung, lim Limits, now time.Time) (*Controller, err
 	c.resolve()
 	c.start()
 	return c, nil
+}
+
+// Started tells the controller that the viewer's first media left at now:
+// ICE, DTLS and the first RTCP can take a second after New, and the join's
+// keyframe burst, which the loss grace and the calm before a probe count
+// from, starts here. It has no effect once the viewer has switched.
+func (c *Controller) Started(now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now = c.clock(now)
+	if !c.begun && now.After(c.switchedAt) {
+		c.switchedAt = now
+	}
+	c.begun = true
 }
 
 // start puts the viewer on its first rung.
@@ -1031,6 +1048,7 @@ func (c *Controller) set(now time.Time, j int, reason string) {
 		c.stats.Downs++
 	}
 	c.cur, c.reason, c.switchedAt = j, reason, now
+	c.begun = true // the join is over
 }
 
 // raw is the congestion-driven estimate (see the package doc); +Inf when

@@ -351,3 +351,29 @@ func TestConcurrentUse(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestLossGraceFromStart: the loss grace after joining counts from the
+// first media (Started), not from New: a session whose handshake took a
+// second is not sent down by its join's keyframe burst 2.5 s after New.
+// Without Started, the same report does send it down.
+func TestLossGraceFromStart(t *testing.T) {
+	for _, started := range []bool{true, false} {
+		c, err := New(DefaultConfig(), testLadder, Limits{}, t0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first := c.Tick(t0).Target
+		if started {
+			c.Started(t0.Add(time.Second))
+		}
+		now := t0.Add(2500 * time.Millisecond)
+		c.OnLoss(now, 0.3)
+		d := c.Tick(now)
+		switch {
+		case started && d.Target != first:
+			t.Errorf("started 1 s after New: loss 1.5 s after the first media moved the viewer %s → %s (%s)", first, d.Target, d.Reason)
+		case !started && d.Target == first:
+			t.Errorf("without Started, loss 2.5 s after New did not move the viewer from %s", first)
+		}
+	}
+}

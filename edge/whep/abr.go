@@ -206,6 +206,13 @@ func (a *viewerABR) refresh(now time.Time, s *session) {
 	}
 }
 
+// started tells the controller the viewer's media begins to flow.
+func (a *viewerABR) started(now time.Time) {
+	if a.ctl != nil {
+		a.ctl.Started(now)
+	}
+}
+
 // tick runs the controller and acts on its decision. It reports whether a
 // probe wants padding.
 func (a *viewerABR) tick(now time.Time, s *session) bool {

@@ -527,6 +527,7 @@ func (s *session) write() {
 	case <-s.heard:
 	case <-time.After(listenWait):
 	}
+	s.abr.started(time.Now())
 	buf := make([]media.Entry, 0, keptEntries)
 	var probe *time.Ticker
 	var probeC <-chan time.Time
