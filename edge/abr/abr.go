@@ -80,7 +80,9 @@
 // after UpHold of calm (no switch, no change of GCC's target), the caller
 // pads up to 1.1 × that need, ramped over the probe's first quarter. It
 // succeeds as soon as the acknowledgements over half its length reach the
-// need, fails at once on a change of GCC's target or on loss, and fails if
+// need (in wire bytes less a full-size packet's overhead: padding packets
+// carry at most 255 bytes, and their overhead must not fail a rung whose
+// media the link carries), fails at once on a change of GCC's target or on loss, and fails if
 // ProbeDuration and a feedback delay or two pass without success. It
 // also fails as soon as a link sample shows the link saturated at a rate
 // below what it must deliver: before the queue overflows, not after. The
@@ -317,10 +319,10 @@ type probe struct {
 
 // linkSample is one OnLinkSample.
 type linkSample struct {
-	at          time.Time
-	queue       time.Duration
-	bytes, wire int64
-	span        time.Duration
+	at    time.Time
+	queue time.Duration
+	wire  int64 // bytes on the wire (LinkSample.WireBytes)
+	span  time.Duration
 }
 
 // Controller chooses one viewer's rung. Create it with New.
@@ -354,7 +356,11 @@ type Controller struct {
 	rrLoss     float64
 	rrAt       time.Time
 
-	delivered            reports
+	delivered reports
+	// deliveredWire is what the link carried for the delivered packets:
+	// their bytes plus each one's IP, UDP and SRTP overhead (see
+	// carried).
+	deliveredWire        reports
 	sent, packets, nacks meter
 	sentSeen             bool // OnSent has been called
 	rtt                  time.Duration
@@ -403,6 +409,7 @@ func New(cfg Config, ladder []Rung, lim Limits, now time.Time) (*Controller, err
 	}
 	c := &Controller{cfg: cfg, cur: -1, last: now, switchedAt: now, pin: -1, failIdx: -1}
 	c.delivered.init(now)
+	c.deliveredWire.init(now)
 	c.sent.base, c.packets.base, c.nacks.base = now, now, now
 	c.ladder = normalize(make([]Rung, 0, min(len(ladder), maxRungs)), ladder)
 	c.lim = sanitizeLimits(lim)
@@ -500,12 +507,26 @@ func (c *Controller) OnDelivered(now time.Time, bytes, packets int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now = c.clock(now)
+	bytes, packets = min(max(bytes, 0), maxBytesPerCall), min(max(packets, 0), maxPacketsPerCall)
 	if bytes > 0 {
-		c.delivered.add(now, int64(min(bytes, maxBytesPerCall)))
+		c.delivered.add(now, int64(bytes))
 	}
 	if packets > 0 {
-		c.packets.add(now, int64(min(packets, maxPacketsPerCall)))
+		c.packets.add(now, int64(packets))
 	}
+	if bytes > 0 || packets > 0 {
+		c.deliveredWire.add(now, int64(bytes)+int64(packets)*packetOverhead)
+	}
+}
+
+// carried is what the link carried over the w before now, bit/s, in bytes
+// of full-size RTP packets: the wire bytes acknowledged, less a full-size
+// packet's share of overhead. A probe is judged by it. In RTP bytes, a
+// probe made mostly of padding (at most 255 bytes a packet, so 16 %
+// overhead against 3 % for media) would fail on a link that carries the
+// rung's media with room to spare.
+func (c *Controller) carried(now time.Time, w time.Duration) float64 {
+	return c.deliveredWire.rate(now, w) * fullPacket / (fullPacket + packetOverhead)
 }
 
 // OnSent takes media bytes written to the viewer (video, audio and
@@ -555,7 +576,7 @@ func (c *Controller) OnLinkSample(now time.Time, l LinkSample) {
 	now = c.clock(now)
 	c.sHead = (c.sHead + 1) % nSamples
 	c.sN = min(c.sN+1, nSamples)
-	c.samples[c.sHead] = linkSample{at: now, queue: min(l.MinQueue, maxRTT), bytes: int64(min(l.Bytes, maxBytesPerCall)),
+	c.samples[c.sHead] = linkSample{at: now, queue: min(l.MinQueue, maxRTT),
 		wire: int64(min(l.WireBytes, maxBytesPerCall)), span: min(l.Span, maxRTT)}
 }
 
@@ -564,12 +585,12 @@ func (c *Controller) OnLinkSample(now time.Time, l LinkSample) {
 // RTP packets (wire bytes less a full-size packet's overhead), so that a
 // moment of small packets does not read as a slower link.
 func (c *Controller) saturation(now, since time.Time) (float64, bool) {
-	return c.saturated(now, since, satQueue, satMinSpan, true)
+	return c.saturated(now, since, satQueue, satMinSpan)
 }
 
 // saturated is saturation with queue as the least delay that counts,
-// over samples taken after since; in RTP bytes as sent unless wire.
-func (c *Controller) saturated(now, since time.Time, queue, minSpan time.Duration, wire bool) (float64, bool) {
+// over samples taken after since.
+func (c *Controller) saturated(now, since time.Time, queue, minSpan time.Duration) (float64, bool) {
 	if c.sN == 0 || now.Sub(c.samples[c.sHead].at) > satFresh {
 		return 0, false
 	}
@@ -583,22 +604,14 @@ func (c *Controller) saturated(now, since time.Time, queue, minSpan time.Duratio
 		if s.queue < queue || !s.at.After(since) || span >= satMaxSpan || s.span <= 0 || s.span > satSampleMax {
 			break
 		}
-		if wire {
-			bytes += s.wire
-		} else {
-			bytes += s.bytes
-		}
+		bytes += s.wire
 		span += s.span
 		k = (k + nSamples - 1) % nSamples
 	}
 	if span < minSpan {
 		return 0, false
 	}
-	r := float64(bytes) * 8 / span.Seconds()
-	if wire {
-		r *= float64(fullPacket) / (fullPacket + packetOverhead)
-	}
-	return r, true
+	return float64(bytes) * 8 / span.Seconds() * fullPacket / (fullPacket + packetOverhead), true
 }
 
 // OnRTT takes the viewer's round-trip time (from receiver reports or
@@ -754,8 +767,8 @@ func (c *Controller) judgeProbe(now time.Time, loss float64) {
 	}
 	// The probe filled the link, and the receiver timed what the link
 	// carried below the bar: the answer is in, before the queue overflows.
-	// In RTP bytes as sent, padding and all, as the bar is judged.
-	if capacity, ok := c.saturated(now, p.start, satProbeQueue, satProbeSpan, false); ok && capacity < p.bar {
+	// In bytes of full-size packets, as the bar is judged (carried).
+	if capacity, ok := c.saturated(now, p.start, satProbeQueue, satProbeSpan); ok && capacity < p.bar {
 		c.linkCap, c.linkCapAt = capacity, now
 		c.probeFailed(now)
 		return
@@ -766,7 +779,7 @@ func (c *Controller) judgeProbe(now time.Time, loss float64) {
 	// rather than for a fixed time keeps a viewer whose round trip is
 	// longer than OnRTT said (or than defaultRTT) from failing every probe.
 	w := c.cfg.ProbeDuration / 2
-	if now.Sub(p.start) < c.cfg.ProbeDuration/4+w || c.delivered.rate(now, w) < p.bar {
+	if now.Sub(p.start) < c.cfg.ProbeDuration/4+w || c.carried(now, w) < p.bar {
 		if !now.Before(p.end) {
 			c.probeFailed(now)
 		}
@@ -795,8 +808,8 @@ func (c *Controller) probeFailed(now time.Time) {
 	// Whatever the link acknowledged during the probe, it carried; failing
 	// to carry more says nothing against what was proven before (overload
 	// does, and is seen apart). It also sizes the next attempt.
-	got := c.delivered.rate(now, c.cfg.ProbeDuration/2)
-	if capacity, ok := c.saturated(now, c.probe.start, satProbeQueue, satProbeSpan, false); ok {
+	got := c.carried(now, c.cfg.ProbeDuration/2)
+	if capacity, ok := c.saturated(now, c.probe.start, satProbeQueue, satProbeSpan); ok {
 		// Measured by the receiver while the probe filled the link.
 		got = capacity
 	}

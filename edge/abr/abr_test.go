@@ -377,3 +377,46 @@ func TestLossGraceFromStart(t *testing.T) {
 		}
 	}
 }
+
+// TestProbeJudgedOnTheWire: a probe made of small padding packets is
+// judged by what the link carried, in bytes of full-size packets, not by
+// its RTP bytes, which the padding's per-packet overhead makes read low.
+// The link carries 1.3 Mbit/s on the wire: 1.26 Mbit/s of full-size media,
+// enough for 480p with its margin (1.2 Mbit/s), though the probe's RTP
+// bytes come to only about 1.12 Mbit/s.
+func TestProbeJudgedOnTheWire(t *testing.T) {
+	const (
+		wireCap   = 1.3e6
+		padPacket = 120 // RTP bytes of one padding packet
+		dt        = 0.01
+	)
+	c, err := New(DefaultConfig(), testLadder, Limits{}, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.OnRTT(t0, 0)
+	now, d := t0, c.Tick(t0)
+	if d.Target != "360p" {
+		t.Fatalf("starts on %s", d.Target)
+	}
+	for step := 1; now.Before(t0.Add(5 * time.Second)); step++ {
+		now = now.Add(10 * time.Millisecond)
+		media := (rateOf(testLadder, d.Target) + audioRate) * dt // bits
+		pad := 0.0
+		if d.Probe.Active {
+			pad = max(float64(d.Probe.Bitrate)*dt-media, 0)
+		}
+		mediaWire := media * (fullPacket + packetOverhead) / fullPacket
+		padPkts := pad / (padPacket * 8)
+		padWire := padPkts * (padPacket + packetOverhead) * 8
+		share := min(1, wireCap*dt/(mediaWire+padWire)) // what the link lets through
+		c.OnSent(now, int(media/8))
+		c.OnDelivered(now, int((media+pad)*share/8), int((media/(fullPacket*8)+padPkts)*share)+1)
+		if step%10 == 0 {
+			if d = c.Tick(now); d.Target == "480p" {
+				return
+			}
+		}
+	}
+	t.Fatalf("still on %s after 5 s: a probe the link carries was judged by its RTP bytes (%+v)", d.Target, c.Stats())
+}
