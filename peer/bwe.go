@@ -38,10 +38,12 @@ const (
 	ringMask = ringSize - 1
 )
 
-// maxFeedbackStatuses bounds the packet statuses taken from one RTCP read.
-// A browser's feedback covers the 50–250 ms since its previous one, a few
-// hundred packets; a hostile peer could otherwise make one 1.4 kB datagram
-// of short "not received" runs cost tens of thousands of steps.
+// maxFeedbackStatuses bounds the packet statuses taken from one RTCP read
+// (pion's SRTCP session hands the packets of a compound over one read
+// each). A browser's feedback covers the 50–250 ms since its previous one,
+// a few hundred packets. The walk itself is bounded by the packet's size
+// (runs not received are skipped in one step, and a received packet has a
+// delta byte); the budget bounds what one report can claim.
 const maxFeedbackStatuses = 8192
 
 // A ring slot packs a sent packet into one word, so the writer records it
@@ -91,6 +93,7 @@ type BWE struct {
 	// read by its own goroutine, and TWCC feedback may come on any of them.
 	fbMu sync.Mutex
 	gcc  *gcc
+	refs refClock
 }
 
 // BWEStats is a BWE's state, for debugging.
@@ -197,8 +200,9 @@ func (b *BWE) TargetBitrate() int { return int(b.target.Load()) }
 // Each packet is counted once, however often feedback repeats it. Set it
 // before media flows; a later call replaces fn.
 //
-// fn is called on an RTCP reading goroutine of the PeerConnection, one call
-// at a time. It must not block: the viewer's NACKs and PLIs wait behind it.
+// fn is called on an RTCP reading goroutine of the PeerConnection; the
+// goroutines of a viewer's tracks may call it at the same time. It must not
+// block: the viewer's NACKs and PLIs wait behind it.
 func (b *BWE) OnDelivered(fn func(now time.Time, bytes, packets int)) {
 	b.delivered.Store(&fn)
 }
@@ -332,7 +336,7 @@ func (b *BWE) feedback(now time.Time, fb *twccFeedback, st *feedbackTotals) {
 	// Round trips: now - sent - (newest receive - receive), the least over
 	// the packets; rttBase holds the least of now - sent + receive.
 	rttBase, lastRecv, received := int64(math.MaxInt64), int64(math.MinInt64), 0
-	fb.received(func(seq uint16, recv int64) {
+	fb.received(b.refs.unwrap(fb.ref), func(seq uint16, recv int64) {
 		received++
 		size, sent, ok := b.ack(seq)
 		if !ok {

@@ -58,7 +58,6 @@ type gcc struct {
 	decreaseVar  float64
 	recv         [rateBuckets]rateBucket
 	recvLatest   int64 // newest arrival
-	recvFirst    int64 // first arrival ever
 	recvStarted  bool
 	delayUpdated bool // the delay controller emitted during this feedback
 
@@ -117,6 +116,9 @@ const (
 	decreaseFactor     = 0.85   // of the received rate
 	decreaseEMA        = 0.95
 	recvWindow         = 500_000 // µs over which the received rate is taken
+	// clockJump: arrivals this far behind the newest start the
+	// measurements again, as pion's rate calculator does.
+	clockJump = 1_000_000
 
 	lossIncreaseBelow = 0.02
 	lossDecreaseAbove = 0.1
@@ -135,6 +137,7 @@ const (
 type rateBucket struct {
 	idx   int64
 	bytes int
+	first int64 // the earliest arrival counted in it
 }
 
 func newGCC(now int64) *gcc {
@@ -151,6 +154,11 @@ func newGCC(now int64) *gcc {
 // received takes one acknowledged packet, in sequence order: sent at dep
 // (µs, the BWE's clock), arrived at arr (µs, the receiver's clock).
 func (g *gcc) received(now, dep, arr int64, size int) {
+	if g.grouping && arr < g.groupArr-clockJump {
+		// The receiver's clock went back (a new time base, or garbage):
+		// what was measured against the old one means nothing now.
+		g.grouping, g.havePrev, g.recvStarted = false, false, false
+	}
 	g.count(arr, size)
 	if !g.grouping {
 		g.groupDep, g.groupArr, g.grouping = dep, arr, true
@@ -173,39 +181,55 @@ func (g *gcc) received(now, dep, arr int64, size int) {
 // count adds a packet to the received rate's buckets.
 func (g *gcc) count(arr int64, size int) {
 	if !g.recvStarted {
-		g.recvFirst, g.recvLatest, g.recvStarted = arr, arr, true
+		g.recv = [rateBuckets]rateBucket{}
+		g.recvLatest, g.recvStarted = arr, true
 	}
 	if arr < g.recvLatest-recvWindow {
 		return
 	}
 	g.recvLatest = max(g.recvLatest, arr)
-	idx := arr / rateBucketUs
-	b := &g.recv[idx%rateBuckets]
-	if b.idx != idx {
-		*b = rateBucket{idx: idx}
+	idx := floorDiv(arr, rateBucketUs)
+	b := &g.recv[mod(idx, rateBuckets)]
+	if b.bytes == 0 || b.idx != idx {
+		*b = rateBucket{idx: idx, first: arr}
 	}
 	b.bytes += size
+	b.first = min(b.first, arr)
 }
 
-// receivedRate is the rate, bit/s, of what arrived over the last
-// recvWindow of arrival time.
+// receivedRate is the rate, bit/s, of what arrived over about the last
+// recvWindow of arrival time: the bytes over the span from the first of
+// them to the newest, as pion's rate calculator takes it.
 func (g *gcc) receivedRate() int {
 	if !g.recvStarted {
 		return 0
 	}
-	newest := g.recvLatest / rateBucketUs
-	bytes := 0
+	newest := floorDiv(g.recvLatest, rateBucketUs)
+	bytes, first := 0, g.recvLatest
 	for _, b := range g.recv {
-		if b.idx > newest-rateBuckets && b.idx <= newest {
+		if b.bytes > 0 && b.idx > newest-rateBuckets && b.idx <= newest {
 			bytes += b.bytes
+			first = min(first, b.first)
 		}
 	}
-	span := min(g.recvLatest-g.recvFirst, recvWindow)
+	span := g.recvLatest - first
 	if span <= 0 {
 		return bytes * 8
 	}
 	return int(float64(bytes) * 8 * 1e6 / float64(span))
 }
+
+// floorDiv and mod round toward minus infinity: a receive time may be
+// negative (a reference time of 0 and a negative delta).
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && a < 0 {
+		q--
+	}
+	return q
+}
+
+func mod(a, b int64) int64 { return a - floorDiv(a, b)*b }
 
 // group takes a complete arrival group.
 func (g *gcc) group(now, dep, arr int64) {
@@ -290,12 +314,13 @@ func (g *gcc) delayStats(now int64, use gccUsage) {
 		g.state, g.rateInit = gccIncrease, true
 		return
 	}
-	switch {
-	case use == usageOver:
+	// pion's state machine starts each step from "increase" (its detector
+	// passes a zero state), so a normal usage right after a decrease
+	// increases rather than holds. Kept, as the ABR was tuned on it.
+	switch use {
+	case usageOver:
 		g.state = gccDecrease
-	case use == usageUnder:
-		g.state = gccHold
-	case g.state == gccDecrease:
+	case usageUnder:
 		g.state = gccHold
 	default:
 		g.state = gccIncrease
@@ -353,7 +378,9 @@ func (g *gcc) decrease(now int64) int {
 
 // feedback ends one feedback report: statuses packets it declared, of
 // which lost were not received, and minRTT the least round trip it showed
-// (-1 if none). It updates the loss-based controller and the target.
+// (-1 if none). It updates the loss-based controller and the target. (pion
+// takes the round trip before the report's delay update, this after: an
+// increase uses the previous report's, a few tens of ms older.)
 func (g *gcc) feedback(now int64, statuses, lost int, minRTT int64) {
 	if minRTT >= 0 {
 		g.rtt = minRTT

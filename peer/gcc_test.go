@@ -16,7 +16,9 @@ type link struct {
 	lost     int
 	// lossEvery drops every n-th packet (0: none).
 	lossEvery int
-	sent      int
+	// shift moves the receiver's clock against the sender's.
+	shift int64
+	sent  int
 }
 
 type gccPacket struct{ dep, arr int64 }
@@ -36,7 +38,7 @@ func (l *link) run(d int64, sendBps, linkBps float64) {
 		if l.lossEvery > 0 && l.sent%l.lossEvery == 0 {
 			l.lost++
 		} else {
-			arr := max(l.now+propagation, l.lastArr) + serve
+			arr := max(l.now+propagation+l.shift, l.lastArr) + serve
 			l.lastArr = arr
 			l.pending = append(l.pending, gccPacket{l.now, arr})
 		}
@@ -52,26 +54,21 @@ func (l *link) feedback() {
 	if l.statuses == 0 {
 		return
 	}
-	base, rtt := int64(-1), int64(-1)
+	base, rtt, n := int64(0), int64(-1), 0
 	for _, p := range l.pending {
-		if p.arr+propagation > l.now {
+		if p.arr-l.shift+propagation > l.now {
 			break // not yet reported
 		}
 		l.g.received(l.now, p.dep, p.arr, packetBytes)
 		base = p.arr
 		rtt = l.now - p.dep
-	}
-	n := 0
-	for _, p := range l.pending {
-		if p.arr <= base {
-			n++
-		}
+		n++
 	}
 	l.pending = l.pending[n:]
-	if base < 0 {
+	if n == 0 {
 		return
 	}
-	l.g.feedback(l.now, l.statuses, l.lost, rtt-(l.now-propagation-base))
+	l.g.feedback(l.now, l.statuses, l.lost, rtt-(l.now-propagation-(base-l.shift)))
 	l.statuses, l.lost = 0, 0
 }
 
@@ -136,18 +133,44 @@ func TestGCCLossDecreases(t *testing.T) {
 	}
 }
 
-// TestGCCHostileTimes: times out of order, far apart or the same do not
-// panic, and the target stays within its bounds.
+// TestGCCHostileTimes: times out of order, negative, far apart or the
+// same, in any order from a fresh estimator, do not panic, and the target
+// stays within its bounds.
 func TestGCCHostileTimes(t *testing.T) {
-	g := newGCC(0)
-	times := []int64{0, -1 << 40, 1 << 40, 5, 5, 5, 1 << 62, -1 << 62, 3, 0}
-	for i, dep := range times {
-		for j, arr := range times {
-			g.received(int64(i*j), dep, arr, i*100)
+	times := []int64{0, -1, -25_001, -1 << 40, 1 << 40, 5, 5, 5, 1 << 62, -1 << 62, 3, 0}
+	for first := range times {
+		g := newGCC(0)
+		for i := range times {
+			dep := times[(first+i)%len(times)]
+			for j := range times {
+				arr := times[(first+j)%len(times)]
+				g.received(int64(i*j), dep, arr, i*100)
+			}
+			g.feedback(int64(i), 1<<16, i, int64(i)-5)
+			_ = g.receivedRate()
 		}
-		g.feedback(int64(i), 1<<16, i, int64(i)-5)
+		if g.target < bweMinBitrate || g.target > bweMaxBitrate {
+			t.Errorf("target %d out of [%d, %d]", g.target, bweMinBitrate, bweMaxBitrate)
+		}
 	}
-	if g.target < bweMinBitrate || g.target > bweMaxBitrate {
-		t.Errorf("target %d out of [%d, %d]", g.target, bweMinBitrate, bweMaxBitrate)
+}
+
+// TestGCCClockJump: when the receiver's clock goes back (its reference
+// time wrapped without being unwrapped, or a new time base), the
+// estimator starts measuring again rather than ignoring every later
+// arrival as out of order: a bottleneck after the jump still brings the
+// target down.
+func TestGCCClockJump(t *testing.T) {
+	l := &link{g: newGCC(0)}
+	l.run(3_000_000, 1e6, 10e6)
+	before := l.g.target
+	// Every arrival from now on is 100 s earlier on the receiver's clock
+	// (what was in flight is forgotten: the harness reports in order).
+	l.lastArr -= 100_000_000
+	l.shift = -100_000_000
+	l.pending, l.statuses = nil, 0
+	l.run(3_000_000, 2e6, 0.8e6)
+	if l.g.target >= min(before, 900_000) {
+		t.Errorf("target %d after 3 s of 2 Mbps into 0.8 Mbps following a clock jump (before %d): %+v", l.g.target, before, l.g.stats())
 	}
 }

@@ -12,8 +12,9 @@ import "encoding/binary"
 // packets received with the same deltas.
 type twccFeedback struct {
 	base, count uint16
-	// ref is the reference time in µs (the 24-bit field in 64 ms units).
-	ref    int64
+	// ref is the reference time: 24 bits in 64 ms units, wrapping every
+	// 12.4 days (see refClock).
+	ref    uint32
 	chunks []byte // the packet status chunks
 	deltas []byte // the receive deltas and any padding
 }
@@ -42,7 +43,7 @@ func parseTWCC(p []byte) (fb twccFeedback, ok bool) {
 	p = p[:total]
 	fb.base = binary.BigEndian.Uint16(p[12:14])
 	fb.count = binary.BigEndian.Uint16(p[14:16])
-	fb.ref = int64(uint32(p[16])<<16|uint32(p[17])<<8|uint32(p[18])) * 64000
+	fb.ref = uint32(p[16])<<16 | uint32(p[17])<<8 | uint32(p[18])
 	pos, done, need := twccHeader, 0, 0
 	for done < int(fb.count) {
 		// As pion: a chunk must leave at least one byte after it.
@@ -106,12 +107,19 @@ func symbol(c uint16, i int) uint16 {
 }
 
 // received calls fn for each packet fb reports received, in order, with
-// its receive time in µs (the reference time plus the deltas so far).
-func (fb *twccFeedback) received(fn func(seq uint16, recv int64)) {
-	seq, left, d, recv := fb.base, int(fb.count), fb.deltas, fb.ref
+// its receive time in µs: ref (the reference time in µs, unwrapped by the
+// caller) plus the deltas so far. Its work is bounded by the packet's
+// size: a run of packets not received is skipped in one step.
+func (fb *twccFeedback) received(ref int64, fn func(seq uint16, recv int64)) {
+	seq, left, d, recv := fb.base, int(fb.count), fb.deltas, ref
 	for k := 0; left > 0; k += chunkBytes {
 		c := binary.BigEndian.Uint16(fb.chunks[k:])
-		n, _, _ := chunk(c, left)
+		n, small, large := chunk(c, left)
+		left -= n
+		if small+large == 0 {
+			seq += uint16(n)
+			continue
+		}
 		for i := 0; i < n; i++ {
 			switch symbol(c, i) {
 			case symSmall:
@@ -125,6 +133,22 @@ func (fb *twccFeedback) received(fn func(seq uint16, recv int64)) {
 			}
 			seq++
 		}
-		left -= n
 	}
+}
+
+// refClock unwraps the 24-bit reference times of one viewer's feedback
+// onto a continuous µs clock, as pion's feedback adapter does: each is
+// taken in the epoch nearest the previous one.
+type refClock struct {
+	last int64 // unwrapped, 64 ms units
+	set  bool
+}
+
+func (c *refClock) unwrap(ref uint32) int64 {
+	if !c.set {
+		c.last, c.set = int64(ref), true
+	} else {
+		c.last += int64((ref-uint32(c.last)+1<<23)&0xffffff) - 1<<23
+	}
+	return c.last * 64000
 }

@@ -63,11 +63,11 @@ func FuzzTWCCParse(f *testing.F) {
 		if !ok {
 			return
 		}
-		if fb.base != want.BaseSequenceNumber || fb.count != want.PacketStatusCount || fb.ref != int64(want.ReferenceTime)*64000 {
+		if fb.base != want.BaseSequenceNumber || fb.count != want.PacketStatusCount || fb.ref != want.ReferenceTime {
 			t.Fatalf("header %d/%d/%d, pion %d/%d/%d", fb.base, fb.count, fb.ref, want.BaseSequenceNumber, want.PacketStatusCount, want.ReferenceTime)
 		}
 		var got []recvd
-		fb.received(func(seq uint16, recv int64) { got = append(got, recvd{seq, recv}) })
+		fb.received(int64(fb.ref)*64000, func(seq uint16, recv int64) { got = append(got, recvd{seq, recv}) })
 		exp := pionReceived(&want)
 		if len(got) != len(exp) {
 			t.Fatalf("%d received, pion %d", len(got), len(exp))
@@ -108,7 +108,7 @@ func TestTWCCParseVectors(t *testing.T) {
 	}
 	var seqs []uint16
 	var last int64
-	got.received(func(seq uint16, recv int64) { seqs = append(seqs, seq); last = recv })
+	got.received(int64(got.ref)*64000, func(seq uint16, recv int64) { seqs = append(seqs, seq); last = recv })
 	want := []uint16{65530, 65532, 65533, 7, 8, 10, 14, 15, 16, 17}
 	if len(seqs) != len(want) {
 		t.Fatalf("received %v, want %v", seqs, want)
@@ -120,5 +120,20 @@ func TestTWCCParseVectors(t *testing.T) {
 	}
 	if wantLast := int64(3*64000 + 250 + 500 + 0 + 63750 - 8000 + 250 + 100000 + 750); last != wantLast {
 		t.Errorf("last receive time %d µs, want %d", last, wantLast)
+	}
+}
+
+// TestRefClockUnwraps: reference times across the 24-bit wrap (every
+// 12.4 days of the receiver's clock) stay continuous, either way.
+func TestRefClockUnwraps(t *testing.T) {
+	var c refClock
+	steps := []struct {
+		ref  uint32
+		want int64 // 64 ms units
+	}{{0xfffffe, 0xfffffe}, {0xffffff, 0xffffff}, {0, 0x1000000}, {3, 0x1000003}, {0xfffffd, 0xfffffd}, {1, 0x1000001}}
+	for _, s := range steps {
+		if got := c.unwrap(s.ref); got != s.want*64000 {
+			t.Fatalf("unwrap(%#x) = %d, want %d", s.ref, got/64000, s.want)
+		}
 	}
 }

@@ -399,7 +399,7 @@ func (s *session) countRejected() {
 }
 
 // rtcpBuffer holds any RTCP datagram: pion reads at most its receive MTU
-// (1460 bytes).
+// (1500 bytes).
 const rtcpBuffer = 1500
 
 // rtcpCounters are a session's series of the per-stream RTCP metrics.
@@ -492,6 +492,7 @@ func (s *session) write() {
 			}
 		}
 		s.abr.closed(s)
+		s.countRejected() // what came in since the last second's count
 	}()
 	tick := time.NewTicker(abrTick)
 	defer tick.Stop()
