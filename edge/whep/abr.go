@@ -291,9 +291,12 @@ func (a *viewerABR) apply(now time.Time, d abr.Decision, s *session) {
 		// Going down, or resuming, should not wait for the keyframe clock.
 		down := v.name != "" && rank(l, r.Name) > rank(l, v.name)
 		v.prepare(r.Hub, r.Name, v.name == "" || down)
-		// Going down because the link is saturated: stop feeding it the
-		// old rung.
-		v.skipOld = down && d.Saturated && v.next != nil
+		// Going down because the link cannot carry the rung (saturated,
+		// the estimate fell, or loss): stop feeding it the old rung. Its
+		// backlog, paced at the link's rate, would otherwise hold the new
+		// rung's keyframe back by as long as it takes to drain.
+		congested := d.Saturated || d.Reason == abr.ReasonEstimateDrop || d.Reason == abr.ReasonLoss
+		v.skipOld = down && congested && v.next != nil
 		a.reason = d.Reason
 	}
 }
