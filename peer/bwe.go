@@ -14,10 +14,10 @@ import (
 	"github.com/pion/sdp/v3"
 )
 
-// The estimator's bounds for a viewer. It starts at 1 Mbps, about the middle of the
-// ladder; the floor is below the lowest rung (300 kbps), so a link too slow
-// for any video can show as such; the ceiling caps GCC's climb on an idle
-// link (it rises 8 % a second while nothing queues).
+// The estimator's bounds for a viewer. It starts at 1 Mbps, about the
+// middle of the ladder; the floor is below the lowest rung (300 kbps), so a
+// link too slow for any video can show as such; the ceiling caps GCC's
+// climb on an idle link (it rises 8 % a second while nothing queues).
 const (
 	bweStartBitrate = 1_000_000
 	bweMinBitrate   = 50_000
@@ -70,8 +70,9 @@ const (
 // the transport-cc extension gets no feedback: TargetBitrate stays 0 and
 // OnDelivered is never called.
 //
-// The BWE belongs to its PeerConnection, and closing the PeerConnection
-// closes it. Its methods are safe for concurrent use.
+// The BWE belongs to its PeerConnection. It runs no goroutine of its own
+// (GCC runs on the RTCP readers), so there is nothing to close. Its
+// methods are safe for concurrent use.
 type BWE struct {
 	start time.Time
 	ring  [ringSize]atomic.Uint64
