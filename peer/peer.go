@@ -89,7 +89,6 @@ type Engine struct {
 	// so that its interceptor registry can hold that viewer's BWE.
 	viewerMedia    *webrtc.MediaEngine
 	viewerSettings webrtc.SettingEngine
-	reports        interceptor.Factory // sender reports
 	twccStamp      interceptor.Factory // transport-wide sequence numbers
 }
 
@@ -132,9 +131,6 @@ func (e *Engine) viewerParts(public []string, lf *slogFactory) error {
 	}
 	e.viewerSettings = e.viewerSettingsFor(public, lf)
 	var err error
-	if e.reports, err = report.NewSenderInterceptor(); err != nil {
-		return fmt.Errorf("webrtc: interceptors: %w", err)
-	}
 	if e.twccStamp, err = twcc.NewHeaderExtensionInterceptor(); err != nil {
 		return fmt.Errorf("webrtc: interceptors: %w", err)
 	}
@@ -312,17 +308,18 @@ func (e *Engine) Viewer() *webrtc.API { return e.viewer }
 // NewViewer returns a PeerConnection for a WHEP session and its BWE.
 //
 // Its interceptors are, in the order a packet meets them: pion's TWCC
-// header extension (the transport-wide sequence number), the BWE (records
-// the packet's size and send time), and sender reports. pion's NACK
-// responder and generator stay out, as in Viewer. The BWE's estimator runs
-// on the RTCP reader: it adds no goroutine.
+// header extension (the transport-wide sequence number) and the BWE
+// (records the packet's size and send time). pion's NACK responder and
+// generator stay out, as in Viewer, and so does its sender-report
+// interceptor: the session sends its own reports (one goroutine and a
+// mutex per packet fewer). The BWE's estimator runs on the RTCP reader: it
+// adds no goroutine.
 //
 // The session must keep reading each RTPSender's RTCP: the BWE sees the
 // viewer's feedback only as it is read.
 func (e *Engine) NewViewer() (*webrtc.PeerConnection, *BWE, error) {
 	b := newBWE()
 	ir := &interceptor.Registry{}
-	ir.Add(e.reports)
 	ir.Add(&bweFactory{b: b})
 	ir.Add(e.twccStamp) // added last: it wraps the others, so it stamps first
 	api := webrtc.NewAPI(webrtc.WithMediaEngine(e.viewerMedia), webrtc.WithInterceptorRegistry(ir), webrtc.WithSettingEngine(e.viewerSettings))

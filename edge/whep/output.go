@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -111,6 +112,10 @@ type output struct {
 	// packet sent ended a frame.
 	skipOld    bool
 	lastMarker bool
+	// srTS is the viewer timestamp of the latest frame sent, and srAt
+	// when its first packet reached the hub.
+	srTS uint32
+	srAt time.Time
 
 	mu   sync.Mutex // guards ring and hub, for the RTCP reader
 	hub  *media.Hub // the hub being sent
@@ -247,6 +252,14 @@ func (o *output) send(e media.Entry) error {
 	// The extension list is kept: pion's TWCC interceptor sets one on
 	// every packet, and a fresh list would be an allocation per packet.
 	o.hdr = rtp.Header{Version: 2, Marker: p.Marker, SequenceNumber: seq, Timestamp: ts, Extensions: o.hdr.Extensions[:0]}
+	if !o.begun || ts != o.lastTS || o.srAt.IsZero() {
+		// The first packet of each frame maps its timestamp to when the
+		// hub took it in, for sender reports (see senderReport).
+		o.srTS, o.srAt = ts, p.Arrival
+		if o.srAt.IsZero() {
+			o.srAt = time.Now()
+		}
+	}
 	o.lastTS, o.begun, o.lastMarker = ts, true, p.Marker
 	o.mu.Lock()
 	o.ring[o.slot(seq)] = sent{hub: o.hub, tsOff: o.tsOff, hseq: p.SequenceNumber, vseq: seq, valid: true}
@@ -480,4 +493,33 @@ func (o *output) refill(now time.Time, rate int) {
 func (o *output) close() {
 	o.cancel()
 	o.retire()
+}
+
+// senderReport is the track's RTCP sender report at now, or nil before any
+// media was sent. Its RTP time is the latest frame's timestamp advanced
+// to now, and the frame's time is when the hub took it in, not when this
+// viewer's writer sent it: a viewer's pacing or backlog then does not move
+// its video against its audio, which the player aligns by these reports.
+// Owned by the writer goroutine.
+func (o *output) senderReport(now time.Time) *rtcp.SenderReport {
+	ssrc := o.track.ssrc()
+	if !o.begun || o.srAt.IsZero() || ssrc == 0 {
+		return nil
+	}
+	clock := float64(o.track.codec.ClockRate)
+	return &rtcp.SenderReport{
+		SSRC:        ssrc,
+		NTPTime:     ntpTime(now),
+		RTPTime:     o.srTS + uint32(int64(now.Sub(o.srAt).Seconds()*clock)),
+		PacketCount: o.track.sentPackets.Load(),
+		OctetCount:  o.track.sentOctets.Load(),
+	}
+}
+
+// ntpTime is t as a 64-bit NTP timestamp (RFC 3550, section 4).
+func ntpTime(t time.Time) uint64 {
+	const unixToNTP = 2_208_988_800 // seconds from 1900 to 1970
+	ns := t.UnixNano()
+	sec, frac := uint64(ns/1e9)+unixToNTP, uint64(ns%1e9)
+	return sec<<32 | frac<<32/1e9
 }

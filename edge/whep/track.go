@@ -17,8 +17,11 @@ type localTrack struct {
 	kind         webrtc.RTPCodecType
 	codec        webrtc.RTPCodecCapability
 	b            atomic.Pointer[binding]
-	bound        chan struct{} // closed at the first Bind
-	bindOnce     sync.Once
+	// sentPackets and sentOctets are the RTP packets and payload bytes
+	// written, for sender reports (they wrap, as the report's fields do).
+	sentPackets, sentOctets atomic.Uint32
+	bound                   chan struct{} // closed at the first Bind
+	bindOnce                sync.Once
 }
 
 type binding struct {
@@ -63,6 +66,13 @@ func (t *localTrack) write(h *rtp.Header, payload []byte) error {
 	h.SSRC = b.ssrc
 	h.PayloadType = b.pt
 	_, err := b.w.WriteRTP(h, payload)
+	if err == nil {
+		// For sender reports: every packet on the SSRC counts, media,
+		// retransmissions and padding alike, as pion's interceptor
+		// counted them.
+		t.sentPackets.Add(1)
+		t.sentOctets.Add(uint32(len(payload)))
+	}
 	return err
 }
 

@@ -387,6 +387,28 @@ func (s *session) readRTCP(sender *webrtc.RTPSender, o *output) {
 	}
 }
 
+// sendReports sends the tracks' RTCP sender reports, once a second: the
+// session makes them itself, where pion's sender-report interceptor would
+// lock a mutex on every packet and run a goroutine per viewer.
+func (s *session) sendReports(now time.Time) {
+	var pkts [2]rtcp.Packet
+	n := 0
+	for _, o := range []*output{s.video, s.audio} {
+		if o == nil {
+			continue
+		}
+		if sr := o.senderReport(now); sr != nil {
+			pkts[n] = sr
+			n++
+		}
+	}
+	if n > 0 {
+		// A failed write is the transport closing: onState ends the
+		// session.
+		_ = s.pc.WriteRTCP(pkts[:n])
+	}
+}
+
 // countRejected adds the transport-wide feedback the viewer's BWE refused
 // since the last call (malformed, or over its budget) to the bad RTCP.
 func (s *session) countRejected() {
@@ -602,6 +624,7 @@ func (s *session) write() {
 				}
 			}
 			if ticks++; ticks%10 == 0 {
+				s.sendReports(now)
 				s.countRejected()
 				if reason := s.expired(now); reason != "" {
 					s.log.Warn("closing viewer", "reason", reason)

@@ -335,6 +335,9 @@ type Viewer struct {
 	// VideoFrames counts packets with the marker bit (ends of frames).
 	VideoFrames atomic.Int64
 	Keyframes   atomic.Int64
+	// LastVideoTimestamp is the RTP timestamp of the latest video packet
+	// (not kept with Discard).
+	LastVideoTimestamp atomic.Uint32
 
 	mu          sync.Mutex
 	first       *rtp.Packet
@@ -440,6 +443,7 @@ func (v *Viewer) read(tr *webrtc.TrackRemote, discard bool) {
 		if p.Marker {
 			v.VideoFrames.Add(1)
 		}
+		v.LastVideoTimestamp.Store(p.Timestamp)
 	}
 }
 
