@@ -271,13 +271,12 @@ func (b *BWE) readRTCP(now time.Time, buf []byte) {
 	budget := maxFeedbackStatuses
 	var st feedbackTotals
 	locked := false
-	for len(buf) >= 4 {
-		n := (int(binary.BigEndian.Uint16(buf[2:4])) + 1) * 4
-		if n > len(buf) {
+	for len(buf) > 0 {
+		p, rest, ok := NextRTCP(buf)
+		if !ok {
 			break
 		}
-		p := buf[:n]
-		buf = buf[n:]
+		buf = rest
 		if p[1] != byte(rtcp.TypeTransportSpecificFeedback) || p[0]&0x1f != rtcp.FormatTCC {
 			continue
 		}
@@ -319,8 +318,8 @@ type feedbackTotals struct {
 }
 
 // feedback counts what fb acknowledges, feeds the link sample and GCC,
-// and adds to st. It costs one step per chunk and per status, bounded by
-// the feedback's size and by readRTCP's budget. b.fbMu and b.linkMu are
+// and adds to st. It costs one step per chunk and per packet received,
+// bounded by the feedback's size. b.fbMu and b.linkMu are
 // held.
 func (b *BWE) feedback(now time.Time, fb *twccFeedback, st *feedbackTotals) {
 	full := int64(now.Sub(b.start) / time.Microsecond)

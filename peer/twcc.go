@@ -22,14 +22,26 @@ type twccFeedback struct {
 const (
 	twccHeader   = 20 // RTCP header, two SSRCs, base, count, reference, fb count
 	twccDeltaUs  = 250
-	symNone      = 0
 	symSmall     = 1
 	symLarge     = 2
 	runChunk     = 0
-	vectorChunk  = 1
 	chunkBytes   = 2
 	vectorTwoBit = 1
 )
+
+// NextRTCP splits the first packet off a compound RTCP buffer by the
+// length in its header. ok is false when buf does not start with a whole
+// packet (too short, or a length past its end).
+func NextRTCP(buf []byte) (p, rest []byte, ok bool) {
+	if len(buf) < 4 {
+		return nil, buf, false
+	}
+	n := (int(binary.BigEndian.Uint16(buf[2:4])) + 1) * 4
+	if n > len(buf) {
+		return nil, buf, false
+	}
+	return buf[:n], buf[n:], true
+}
 
 // parseTWCC reads p, one RTCP packet (not a compound), as TWCC feedback.
 func parseTWCC(p []byte) (fb twccFeedback, ok bool) {

@@ -6,7 +6,6 @@ package whep
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
@@ -370,16 +369,12 @@ func (s *session) readRTCP(sender *webrtc.RTPSender, o *output) {
 		s.heardOnce.Do(func() { close(s.heard) })
 		budget := maxRetransmitsPerReport
 		for b := buf[:n]; len(b) > 0; {
-			size := 0
-			if len(b) >= 4 {
-				size = (int(binary.BigEndian.Uint16(b[2:4])) + 1) * 4
-			}
-			if size == 0 || size > len(b) || b[0]>>6 != 2 {
+			p, rest, ok := peer.NextRTCP(b)
+			if !ok || p[0]>>6 != 2 {
 				s.e.m.badRTCP.Inc()
 				break
 			}
-			p := b[:size]
-			b = b[size:]
+			b = rest
 			if !s.onRTCP(now, p, o, video, &c, &budget, &hdr) {
 				s.e.m.badRTCP.Inc()
 			}
