@@ -193,7 +193,7 @@ func run() int {
 	flag.IntVar(&c.Batch, "batch", 10, "viewers connecting concurrently")
 	flag.DurationVar(&c.ConnectTimeout, "connect-timeout", 15*time.Second, "time allowed for one viewer to connect")
 	flag.Float64Var(&c.WaitQuiet, "wait-quiet", 0, "before each run, wait (up to 10 min) until the rest of the machine uses at most this many cores; 0 does not wait")
-	flag.StringVar(&c.ProfileDir, "profile", "", "save a CPU profile of the server over each run's window in this directory (cpu-N.pprof)")
+	flag.StringVar(&c.ProfileDir, "profile", "", "save the server's CPU profile over each run's window, and its heap after it, in this directory (cpu-N.pprof, heap-N.pprof)")
 	flag.BoolVar(&c.JSON, "json", false, "print results as JSON instead of a table")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "Usage: cascade-load [flags]\n\nMeasures a cascade server's CPU and memory per WHEP viewer (see go doc ./cmd/cascade-load).\n\n")
@@ -816,25 +816,9 @@ func freeUDPAndTCP() (string, error) {
 // saveProfile writes the pprof profile at url, which takes d to make, to
 // path. A CPU profile costs the server about 1 % of a core while it runs.
 func saveProfile(ctx context.Context, url string, d time.Duration, path string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	b, err := fetch(ctx, url, d+30*time.Second)
 	if err != nil {
 		return err
 	}
-	resp, err := (&http.Client{Timeout: d + 30*time.Second}).Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s", req.URL, resp.Status)
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, resp.Body); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return os.WriteFile(path, b, 0o644)
 }
