@@ -213,7 +213,7 @@ func TestBatchConnSegments(t *testing.T) {
 	}
 	t.Logf("gso %v: %d packets in %d sendmmsg calls, %d segmented messages", b.gso.Load(), b.sent.Load(), b.batches.Load(), b.gsoMsgs.Load())
 
-	e := &Engine{udp: []*batchConn{b}}
+	e := &Engine{udp: []*socket{{batchConn: b}}}
 	if st := e.SocketStats(); st.Packets != b.sent.Load() || st.Packets < uint64(len(want[0])+len(want[1])) || st.GSO != b.gso.Load() || st.Segmented != b.gsoMsgs.Load() {
 		t.Errorf("SocketStats %+v does not match the socket's counters", st)
 	}

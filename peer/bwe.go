@@ -185,8 +185,8 @@ func (b *BWE) TakeLinkSample() LinkSample {
 	return s
 }
 
-// newBWE returns a BWE with no feedback yet.
-func newBWE() *BWE {
+// NewBWE returns a BWE with no feedback yet.
+func NewBWE() *BWE {
 	b := &BWE{start: time.Now()}
 	b.gcc = newGCC(0)
 	return b
@@ -235,8 +235,8 @@ func (b *BWE) Stats() BWEStats {
 // clocks, and a clock read is ~70 ns on a KVM guest (kvm-clock).
 func micros(d time.Duration) uint64 { return uint64(d/time.Microsecond) & timeMask }
 
-// record remembers a packet leaving with transport-wide sequence number seq.
-func (b *BWE) record(seq uint16, size int) {
+// Record remembers a packet leaving with transport-wide sequence number seq.
+func (b *BWE) Record(seq uint16, size int) {
 	b.ring[seq&ringMask].Store(uint64(seq) | uint64(min(size, 0xffff))<<16 | slotSent<<32 | micros(time.Since(b.start))<<34)
 	b.sentPackets.Add(1)
 	b.sentBytes.Add(uint64(size))
@@ -264,10 +264,10 @@ func (b *BWE) acked(seq uint16) bool {
 	return uint16(v) == seq && v>>32&3 == slotAcked
 }
 
-// readRTCP takes the TWCC feedback in one RTCP read (a packet or a
+// ReadRTCP takes the TWCC feedback in one RTCP read (a packet or a
 // compound). It never fails: whatever it cannot use is left to the
 // session's own RTCP handling. It allocates nothing.
-func (b *BWE) readRTCP(now time.Time, buf []byte) {
+func (b *BWE) ReadRTCP(now time.Time, buf []byte) {
 	budget := maxFeedbackStatuses
 	var st feedbackTotals
 	locked := false
@@ -445,7 +445,7 @@ func (i *bweInterceptor) BindLocalStream(info *interceptor.StreamInfo, writer in
 	b := i.b
 	return interceptor.RTPWriterFunc(func(h *rtp.Header, payload []byte, a interceptor.Attributes) (int, error) {
 		if ext := h.GetExtension(id); len(ext) >= 2 {
-			b.record(binary.BigEndian.Uint16(ext), h.MarshalSize()+len(payload)+int(h.PaddingSize))
+			b.Record(binary.BigEndian.Uint16(ext), h.MarshalSize()+len(payload)+int(h.PaddingSize))
 		}
 		return writer.Write(h, payload, a)
 	})
@@ -458,7 +458,7 @@ func (i *bweInterceptor) BindRTCPReader(reader interceptor.RTCPReader) intercept
 	return interceptor.RTCPReaderFunc(func(buf []byte, a interceptor.Attributes) (int, interceptor.Attributes, error) {
 		n, a, err := reader.Read(buf, a)
 		if err == nil && n <= len(buf) {
-			i.b.readRTCP(time.Now(), buf[:n])
+			i.b.ReadRTCP(time.Now(), buf[:n])
 		}
 		return n, a, err
 	})

@@ -375,9 +375,9 @@ const (
 
 func sentBWE(t testing.TB) *BWE {
 	t.Helper()
-	b := newBWE()
+	b := NewBWE()
 	for i := 0; i < ringCount; i++ {
-		b.record(uint16(ringFirst+i), 100+i%50)
+		b.Record(uint16(ringFirst+i), 100+i%50)
 	}
 	return b
 }
@@ -430,7 +430,7 @@ func TestBWEHostileFeedback(t *testing.T) {
 			continue // a struct pion cannot put on the wire
 		}
 		before := b.Stats().DeliveredPackets
-		b.readRTCP(time.Now(), raw)
+		b.ReadRTCP(time.Now(), raw)
 		n := int(b.Stats().DeliveredPackets - before)
 		switch {
 		case c.want >= 0 && n != c.want:
@@ -454,7 +454,7 @@ func TestBWEHostileFeedback(t *testing.T) {
 		t.Fatal("cannot marshal")
 	}
 	before := st.Rejected
-	b.readRTCP(time.Now(), append(raw, raw...))
+	b.ReadRTCP(time.Now(), append(raw, raw...))
 	if r := b.Stats().Rejected - before; r != 1 {
 		t.Errorf("%d feedbacks over budget rejected, want 1", r)
 	}
@@ -477,7 +477,7 @@ func marshalTLCC(fb rtcp.TransportLayerCC) (raw []byte, ok bool) {
 // transport-cc extension (Firefox's WHEP offer in wish/testdata has none)
 // bypasses the BWE and GCC, and the BWE says it knows nothing.
 func TestBWEWithoutExtension(t *testing.T) {
-	b := newBWE()
+	b := NewBWE()
 	w := (&bweInterceptor{b: b}).BindLocalStream(&interceptor.StreamInfo{SSRC: 1}, discard)
 	h := rtp.Header{Version: 2, SSRC: 1}
 	if _, err := w.Write(&h, make([]byte, 100), nil); err != nil {
@@ -513,12 +513,12 @@ func TestBWERealFeedback(t *testing.T) {
 		seqs = append(seqs, uint16(ringFirst+i))
 	}
 	raw := recorderFeedback(seqs...)
-	b.readRTCP(time.Now(), raw)
+	b.ReadRTCP(time.Now(), raw)
 	st := b.Stats()
 	if st.DeliveredPackets != ringCount/2 || st.Feedbacks == 0 || st.Rejected != 0 {
 		t.Fatalf("%+v", st)
 	}
-	b.readRTCP(time.Now(), raw) // a duplicate
+	b.ReadRTCP(time.Now(), raw) // a duplicate
 	if st2 := b.Stats(); st2.DeliveredPackets != st.DeliveredPackets {
 		t.Fatalf("a repeated feedback counted again: %d then %d", st.DeliveredPackets, st2.DeliveredPackets)
 	}
@@ -543,12 +543,12 @@ func FuzzTWCCFeedback(f *testing.F) {
 		for i := 0; i < ringCount; i++ {
 			sentBytes += uint64(100 + i%50)
 		}
-		b.readRTCP(time.Now(), data)
+		b.ReadRTCP(time.Now(), data)
 		st := b.Stats()
 		if st.DeliveredPackets > ringCount || st.DeliveredBytes > sentBytes {
 			t.Fatalf("delivered %d packets / %d bytes of %d / %d sent", st.DeliveredPackets, st.DeliveredBytes, ringCount, sentBytes)
 		}
-		b.readRTCP(time.Now(), data)
+		b.ReadRTCP(time.Now(), data)
 		if again := b.Stats(); again.DeliveredPackets != st.DeliveredPackets {
 			t.Fatalf("the same feedback counted twice: %d then %d", st.DeliveredPackets, again.DeliveredPackets)
 		}
@@ -566,7 +566,7 @@ var discard = interceptor.RTPWriterFunc(func(_ *rtp.Header, p []byte, _ intercep
 // BenchmarkBWERecord is what the BWE interceptor itself adds per packet
 // written: find the sequence number, store the ring slot, count.
 func BenchmarkBWERecord(b *testing.B) {
-	bwe := newBWE()
+	bwe := NewBWE()
 	var h rtp.Header
 	h.SetExtension(3, []byte{0, 0})
 	payload := make([]byte, 1200)
@@ -574,7 +574,7 @@ func BenchmarkBWERecord(b *testing.B) {
 	for i := 0; b.Loop(); i++ {
 		ext := h.GetExtension(3)
 		ext[0], ext[1] = byte(i>>8), byte(i)
-		bwe.record(uint16(ext[0])<<8|uint16(ext[1]), h.MarshalSize()+len(payload)+int(h.PaddingSize))
+		bwe.Record(uint16(ext[0])<<8|uint16(ext[1]), h.MarshalSize()+len(payload)+int(h.PaddingSize))
 	}
 }
 
@@ -590,7 +590,7 @@ func BenchmarkViewerChain(b *testing.B) {
 			name = "reuse"
 		}
 		b.Run(name, func(b *testing.B) {
-			bwe := newBWE()
+			bwe := NewBWE()
 			stamp, _ := twcc.NewHeaderExtensionInterceptor()
 			ir := &interceptor.Registry{}
 			ir.Add(&bweFactory{b: bwe})
@@ -622,7 +622,7 @@ func BenchmarkViewerChain(b *testing.B) {
 // (a 100 ms report at ~2 Mbps): finding it in the RTCP, parsing it,
 // acknowledging, and GCC (most of it).
 func BenchmarkBWEFeedback(b *testing.B) {
-	bwe := newBWE()
+	bwe := NewBWE()
 	const per, n = 20, 256
 	fbs := make([][]byte, n)
 	for i := range fbs {
@@ -636,9 +636,9 @@ func BenchmarkBWEFeedback(b *testing.B) {
 	for i := 0; b.Loop(); i++ {
 		k := i % n
 		for j := 0; j < per; j++ {
-			bwe.record(uint16(k*per+j), 1200)
+			bwe.Record(uint16(k*per+j), 1200)
 		}
-		bwe.readRTCP(time.Now(), fbs[k])
+		bwe.ReadRTCP(time.Now(), fbs[k])
 	}
 }
 
@@ -662,7 +662,7 @@ func BenchmarkNewViewerFootprint(b *testing.B) {
 	bwes := make([]*BWE, n)
 	payload := make([]byte, 1200)
 	for i := range bwes {
-		bwe := newBWE()
+		bwe := NewBWE()
 		bwes[i] = bwe
 		w := (&bweInterceptor{b: bwe}).BindLocalStream(streamInfo(1), discard)
 		var h rtp.Header
@@ -671,7 +671,7 @@ func BenchmarkNewViewerFootprint(b *testing.B) {
 			h.SetExtension(3, []byte{byte(s >> 8), byte(s)})
 			w.Write(&h, payload, nil)
 			if s%per == per-1 {
-				bwe.readRTCP(time.Now(), fbs[s/per])
+				bwe.ReadRTCP(time.Now(), fbs[s/per])
 			}
 		}
 	}
@@ -689,13 +689,13 @@ func BenchmarkNewViewerFootprint(b *testing.B) {
 // the queue they waited in (their one-way delay above the least seen) and
 // the slower rate they came in at, whatever the feedback's arrival.
 func TestBWELinkSample(t *testing.T) {
-	b := newBWE()
+	b := NewBWE()
 	if s := b.TakeLinkSample(); s != (LinkSample{}) {
 		t.Fatalf("before any feedback: %+v", s)
 	}
 	const size = 1000
 	for seq := range uint16(20) {
-		b.record(seq, size)
+		b.Record(seq, size)
 	}
 	feedback := func(from, to uint16, at func(i int) int64) []byte {
 		r := twcc.NewRecorder(1)
@@ -712,12 +712,12 @@ func TestBWELinkSample(t *testing.T) {
 		}
 		return out
 	}
-	b.readRTCP(time.Now(), feedback(0, 10, func(i int) int64 { return 1_000_000 + int64(i)*1000 }))
+	b.ReadRTCP(time.Now(), feedback(0, 10, func(i int) int64 { return 1_000_000 + int64(i)*1000 }))
 	s := b.TakeLinkSample()
 	if s.Packets != 10 || s.MinQueue > time.Millisecond || s.Bytes != 9*size || s.Span < 8*time.Millisecond || s.Span > 10*time.Millisecond {
 		t.Errorf("no queue: %+v", s)
 	}
-	b.readRTCP(time.Now(), feedback(10, 20, func(i int) int64 { return 1_100_000 + int64(i-10)*10_000 }))
+	b.ReadRTCP(time.Now(), feedback(10, 20, func(i int) int64 { return 1_100_000 + int64(i-10)*10_000 }))
 	s = b.TakeLinkSample()
 	// The last of the first ten arrived at 1.009 s, the first of these at
 	// 1.1 s (waiting about 91 ms more than the base), the last at 1.19 s.
@@ -726,7 +726,7 @@ func TestBWELinkSample(t *testing.T) {
 		t.Errorf("queued: %+v", s)
 	}
 	// Feedback repeating acknowledged packets adds nothing.
-	b.readRTCP(time.Now(), feedback(10, 20, func(i int) int64 { return 1_100_000 + int64(i-10)*10_000 }))
+	b.ReadRTCP(time.Now(), feedback(10, 20, func(i int) int64 { return 1_100_000 + int64(i-10)*10_000 }))
 	if s := b.TakeLinkSample(); s.Packets != 0 {
 		t.Errorf("repeated feedback: %+v", s)
 	}

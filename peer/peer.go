@@ -7,6 +7,8 @@ package peer
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,10 +17,12 @@ import (
 	"time"
 
 	"github.com/pion/dtls/v3"
+	"github.com/pion/dtls/v3/pkg/crypto/selfsign"
 	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
 	"github.com/pion/interceptor/pkg/report"
 	"github.com/pion/interceptor/pkg/twcc"
+	"github.com/pion/logging"
 	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v4"
 )
@@ -76,14 +80,24 @@ const answerTimeout = 5 * time.Second
 // Engine owns the shared sockets and the two pion APIs.
 type Engine struct {
 	cfg       Config
-	udp       []*batchConn // kept after Close, for SocketStats
-	tcp       net.Listener
+	udp       []*socket // kept after Close, for SocketStats
+	tcp       *tcpServer
+	routes    routes // to Cascade's own transports (Claim, Bind)
 	udpMux    ice.UDPMux
 	tcpMux    ice.TCPMux
 	publisher *webrtc.API
 	viewer    *webrtc.API
 	log       *slog.Logger
 	lf        *slogFactory
+
+	// cert is the DTLS certificate of Cascade's own transports (one for
+	// all: what authenticates it to a viewer is its fingerprint in the
+	// answer), fingerprint that as an a=fingerprint value.
+	cert        tls.Certificate
+	fingerprint string
+	// candidates are the a=candidate values (without "a=") of Cascade's
+	// own transports: every socket's address, or the public ones.
+	candidates []string
 
 	// What NewViewer builds each viewer's API from: the API is per viewer
 	// so that its interceptor registry can hold that viewer's BWE.
@@ -120,8 +134,68 @@ func New(cfg Config, log *slog.Logger) (*Engine, error) {
 		e.Close()
 		return nil, err
 	}
+	if e.cert, err = selfsign.GenerateSelfSigned(); err != nil {
+		e.Close()
+		return nil, fmt.Errorf("webrtc: certificate: %w", err)
+	}
+	sum := sha256.Sum256(e.cert.Certificate[0])
+	e.fingerprint = "sha-256 " + colonHex(sum[:])
+	e.candidates = e.liteCandidates(public)
 	return e, nil
 }
+
+// colonHex writes b as upper-case hex pairs joined by colons (RFC 8122).
+func colonHex(b []byte) string {
+	const digits = "0123456789ABCDEF"
+	out := make([]byte, 0, 3*len(b))
+	for i, c := range b {
+		if i > 0 {
+			out = append(out, ':')
+		}
+		out = append(out, digits[c>>4], digits[c&15])
+	}
+	return string(out)
+}
+
+// liteCandidates lists the host candidates of the engine's sockets (RFC
+// 8839 section 5.1): UDP, then passive ICE-TCP (RFC 6544) on the same
+// port, on each socket's address or, behind NAT 1:1, on each public one.
+func (e *Engine) liteCandidates(public []string) []string {
+	var ips []string
+	if len(public) > 0 {
+		ips = public
+	} else {
+		for _, s := range e.udp {
+			ips = append(ips, s.LocalAddr().(*net.UDPAddr).IP.String())
+		}
+	}
+	port := e.UDPAddr().(*net.UDPAddr).Port
+	var out []string
+	for i, ip := range ips {
+		// Type preference 126 (host), local preference falling with the
+		// order, component 1 (RFC 8445 section 5.1.2.1).
+		out = append(out, fmt.Sprintf("candidate:%d 1 udp %d %s %d typ host", i+1, 126<<24|(65535-i)<<8|255, ip, port))
+	}
+	if e.tcp != nil {
+		for i, ip := range ips {
+			// Passive TCP host candidates rank below UDP (RFC 6544
+			// section 4.2: local preference 2^13 × direction 4 + other).
+			out = append(out, fmt.Sprintf("candidate:%d 1 tcp %d %s %d typ host tcptype passive", len(ips)+i+1, 126<<24|(1<<15+8191-i)<<8|255, ip, port))
+		}
+	}
+	return out
+}
+
+// Certificate is the DTLS certificate of Cascade's own transports, and its
+// a=fingerprint value.
+func (e *Engine) Certificate() (tls.Certificate, string) { return e.cert, e.fingerprint }
+
+// Candidates are the a=candidate values (without "a=") of Cascade's own
+// transports. The slice is shared: do not modify it.
+func (e *Engine) Candidates() []string { return e.candidates }
+
+// LoggerFactory is the engine's pion logger factory.
+func (e *Engine) LoggerFactory() logging.LoggerFactory { return e.lf }
 
 // viewerParts prepares what NewViewer assembles.
 func (e *Engine) viewerParts(public []string, lf *slogFactory) error {
@@ -318,7 +392,7 @@ func (e *Engine) Viewer() *webrtc.API { return e.viewer }
 // The session must keep reading each RTPSender's RTCP: the BWE sees the
 // viewer's feedback only as it is read.
 func (e *Engine) NewViewer() (*webrtc.PeerConnection, *BWE, error) {
-	b := newBWE()
+	b := NewBWE()
 	ir := &interceptor.Registry{}
 	ir.Add(&bweFactory{b: b})
 	ir.Add(e.twccStamp) // added last: it wraps the others, so it stamps first
@@ -380,10 +454,12 @@ func (e *Engine) listen(lf *slogFactory) error {
 			return nil
 		}
 		addr := net.JoinHostPort(host(e.cfg.Listen), fmt.Sprint(e.UDPAddr().(*net.UDPAddr).Port))
-		if e.tcp, err = net.Listen("tcp4", addr); err == nil {
+		var ln net.Listener
+		if ln, err = net.Listen("tcp4", addr); err == nil {
 			// ICE-TCP on the same port number as UDP, so two firewall holes do.
+			e.tcp = newTCPServer(ln, &e.routes, e.cfg.HandshakeTimeout)
 			e.tcpMux = ice.NewTCPMuxDefault(ice.TCPMuxParams{
-				Listener: e.tcp, Logger: lf.NewLogger("ice-tcp"), ReadBufferSize: 64,
+				Listener: e.tcp.pion, Logger: lf.NewLogger("ice-tcp"), ReadBufferSize: 64,
 				WriteBufferSize: 4 << 20, FirstStunBindTimeout: e.cfg.HandshakeTimeout,
 			})
 			return nil
@@ -400,7 +476,7 @@ func (e *Engine) closeUDP() {
 		e.udpMux.Close()
 		e.udpMux = nil
 	}
-	for _, u := range e.udp { // the mux closed them; Close is idempotent
+	for _, u := range e.udp { // Close is idempotent
 		u.Close()
 	}
 }
@@ -438,9 +514,9 @@ func (e *Engine) listenUDP(listen string, lf *slogFactory) error {
 			e.log.Warn("UDP receive buffer is small; raise net.core.rmem_max to avoid packet loss under load",
 				"bytes", got, "wanted", socketBuffer)
 		}
-		bc := newBatchConn(uc)
-		e.udp = append(e.udp, bc)
-		muxes = append(muxes, ice.NewUDPMuxDefault(ice.UDPMuxParams{Logger: lf.NewLogger("ice-udp"), UDPConn: bc}))
+		s := newSocket(uc, &e.routes)
+		e.udp = append(e.udp, s)
+		muxes = append(muxes, ice.NewUDPMuxDefault(ice.UDPMuxParams{Logger: lf.NewLogger("ice-udp"), UDPConn: s.pion}))
 	}
 	if len(muxes) == 1 {
 		e.udpMux = muxes[0]
@@ -477,7 +553,7 @@ func (e *Engine) Close() error {
 		e.tcpMux = nil
 	}
 	if e.tcp != nil {
-		e.tcp.Close()
+		e.tcp.close()
 		e.tcp = nil
 	}
 	return nil

@@ -80,7 +80,7 @@ func clockMS(now time.Time) uint32 { return uint32(now.Sub(epoch)/time.Milliseco
 // stays visible and the viewer can NACK it or ask for a keyframe.
 type output struct {
 	kind  string
-	track *localTrack
+	track *track
 
 	// Owned by the writer goroutine.
 	sub     *media.Subscriber
@@ -142,7 +142,7 @@ func (o *output) current() *media.Hub {
 
 // newOutput returns the output of one track of kind "video" or "audio",
 // sending hub.
-func newOutput(kind string, hub *media.Hub, track *localTrack) *output {
+func newOutput(kind string, hub *media.Hub, track *track) *output {
 	n := sentRing
 	if kind != "video" {
 		n = audioRing
@@ -502,17 +502,17 @@ func (o *output) close() {
 // its video against its audio, which the player aligns by these reports.
 // Owned by the writer goroutine.
 func (o *output) senderReport(now time.Time) *rtcp.SenderReport {
-	ssrc := o.track.ssrc()
-	if !o.begun || o.srAt.IsZero() || ssrc == 0 {
+	if !o.begun || o.srAt.IsZero() {
 		return nil
 	}
-	clock := float64(o.track.codec.ClockRate)
+	clock := float64(o.track.tr.ClockRate)
+	packets, octets := o.track.tr.Sent()
 	return &rtcp.SenderReport{
-		SSRC:        ssrc,
+		SSRC:        o.track.ssrc(),
 		NTPTime:     ntpTime(now),
 		RTPTime:     o.srTS + uint32(int64(now.Sub(o.srAt).Seconds()*clock)),
-		PacketCount: o.track.sentPackets.Load(),
-		OctetCount:  o.track.sentOctets.Load(),
+		PacketCount: packets,
+		OctetCount:  octets,
 	}
 }
 

@@ -1,85 +1,27 @@
 package whep
 
 import (
-	"strings"
-	"sync"
-	"sync/atomic"
-
 	"github.com/pion/rtp"
-	"github.com/pion/webrtc/v4"
+
+	"github.com/cascade-cdn/cascade/peer/lite"
 )
 
-// localTrack is a webrtc.TrackLocal that writes already-numbered packets.
-// pion's TrackLocalStaticRTP copies the header per write and takes a lock;
-// a viewer's track has one writer and one binding, so neither is needed.
-type localTrack struct {
-	id, streamID string
-	kind         webrtc.RTPCodecType
-	codec        webrtc.RTPCodecCapability
-	b            atomic.Pointer[binding]
-	// sentPackets and sentOctets are the RTP packets and payload bytes
-	// written, for sender reports (they wrap, as the report's fields do).
-	sentPackets, sentOctets atomic.Uint32
-	bound                   chan struct{} // closed at the first Bind
-	bindOnce                sync.Once
+// rtpWriter is where a viewer's tracks send: the viewer's transport
+// (lite.Transport), or a test's recorder. WriteRTP sets h's SSRC and
+// payload type from tr; it must not block on the network.
+type rtpWriter interface {
+	WriteRTP(tr *lite.Track, h *rtp.Header, payload []byte) error
 }
 
-type binding struct {
-	ssrc uint32
-	pt   uint8
-	w    webrtc.TrackLocalWriter
+// track is one track of a viewer: what the transport negotiated for it,
+// and where it writes.
+type track struct {
+	w  rtpWriter
+	tr *lite.Track
 }
-
-func newLocalTrack(kind webrtc.RTPCodecType, codec webrtc.RTPCodecCapability) *localTrack {
-	return &localTrack{id: kind.String(), streamID: "cascade", kind: kind, codec: codec, bound: make(chan struct{})}
-}
-
-// Bind implements webrtc.TrackLocal.
-func (t *localTrack) Bind(ctx webrtc.TrackLocalContext) (webrtc.RTPCodecParameters, error) {
-	for _, c := range ctx.CodecParameters() {
-		if strings.EqualFold(c.MimeType, t.codec.MimeType) {
-			t.b.Store(&binding{ssrc: uint32(ctx.SSRC()), pt: uint8(c.PayloadType), w: ctx.WriteStream()})
-			t.bindOnce.Do(func() { close(t.bound) })
-			return c, nil
-		}
-	}
-	return webrtc.RTPCodecParameters{}, webrtc.ErrUnsupportedCodec
-}
-
-// Unbind implements webrtc.TrackLocal.
-func (t *localTrack) Unbind(webrtc.TrackLocalContext) error {
-	t.b.Store(nil)
-	return nil
-}
-
-func (t *localTrack) ID() string                { return t.id }
-func (t *localTrack) RID() string               { return "" }
-func (t *localTrack) StreamID() string          { return t.streamID }
-func (t *localTrack) Kind() webrtc.RTPCodecType { return t.kind }
 
 // write sends one packet; h is the caller's scratch header.
-func (t *localTrack) write(h *rtp.Header, payload []byte) error {
-	b := t.b.Load()
-	if b == nil {
-		return nil // not bound yet, or unbound: nothing to send to
-	}
-	h.SSRC = b.ssrc
-	h.PayloadType = b.pt
-	_, err := b.w.WriteRTP(h, payload)
-	if err == nil {
-		// For sender reports: every packet on the SSRC counts, media,
-		// retransmissions and padding alike, as pion's interceptor
-		// counted them.
-		t.sentPackets.Add(1)
-		t.sentOctets.Add(uint32(len(payload)))
-	}
-	return err
-}
+func (k *track) write(h *rtp.Header, payload []byte) error { return k.w.WriteRTP(k.tr, h, payload) }
 
-// ssrc is the SSRC the track is sent with, or 0 before it is bound.
-func (t *localTrack) ssrc() uint32 {
-	if b := t.b.Load(); b != nil {
-		return b.ssrc
-	}
-	return 0
-}
+// ssrc is the SSRC the track is sent with.
+func (k *track) ssrc() uint32 { return k.tr.SSRC }

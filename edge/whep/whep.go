@@ -1,13 +1,13 @@
 // Package whep is WHEP playback: the endpoint that turns a viewer's offer
-// into a pion session fed by a stream's hubs, with one writer goroutine per
-// viewer, NACKs answered from the track's shared retransmission buffer and
-// keyframe requests coalesced per stream.
+// into a session fed by a stream's hubs over the viewer's own transport
+// (peer/lite), with one writer goroutine per viewer, NACKs answered from
+// the track's shared retransmission buffer and keyframe requests coalesced
+// per stream.
 package whep
 
 import (
 	"context"
-	"errors"
-	"io"
+	"encoding/binary"
 	"log/slog"
 	"strings"
 	"sync"
@@ -16,11 +16,11 @@ import (
 
 	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
-	"github.com/pion/webrtc/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cascade-cdn/cascade/media"
 	"github.com/cascade-cdn/cascade/peer"
+	"github.com/cascade-cdn/cascade/peer/lite"
 	"github.com/cascade-cdn/cascade/wish"
 )
 
@@ -104,6 +104,7 @@ type metrics struct {
 	audioOnly     prometheus.Counter
 	eventsDropped prometheus.Counter
 	badRTCP       prometheus.Counter
+	refused       *prometheus.CounterVec
 
 	viewers     prometheus.Gauge
 	packets     *prometheus.CounterVec
@@ -137,7 +138,9 @@ func New(eng *peer.Engine, streams Streams, pr prometheus.Registerer, log *slog.
 	m.audioOnly = prometheus.NewCounter(prometheus.CounterOpts{Name: "cascade_abr_audio_only_total", Help: "Times a viewer's video was paused for lack of bandwidth."})
 	m.eventsDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "cascade_viewer_events_dropped_total", Help: "Session events not delivered because the player's stream was full."})
 	m.badRTCP = prometheus.NewCounter(prometheus.CounterOpts{Name: "cascade_viewer_bad_rtcp_total", Help: "Malformed RTCP from viewers, and transport-wide feedback the bandwidth estimator refused (malformed, or over its per-read budget), dropped."})
-	pr.MustRegister(m.badRTCP)
+	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cascade_viewer_refused_packets_total",
+		Help: "Packets from viewers refused before use: failed authentication or format (unauthenticated), or over the per-viewer rate limit (rate_limited)."}, []string{"reason"})
+	pr.MustRegister(m.badRTCP, m.refused)
 	pr.MustRegister(m.viewers, m.packets, m.bytes, m.drops, m.nacks, m.retransmits, m.plis,
 		m.rungViewers, m.switches, m.estimate, m.probes, m.firstFrame, m.pausedSeconds, m.audioOnly, m.eventsDropped)
 	return &Endpoint{eng: eng, streams: streams, log: log.With("component", "whep"), m: m}
@@ -204,45 +207,39 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 	if lim.Pin != "" && lim.Pin != "auto" && rendition(ladder, lim.Pin) == nil {
 		return nil, "", wish.Errorf(404, "unknown_rendition", "no rendition %.40q; this stream has: %s", lim.Pin, strings.Join(names(ladder), ", "))
 	}
-	pc, bwe, err := e.eng.NewViewer()
+	t, answer, err := lite.New(e.eng, lite.Params{Offer: o.SDP, Video: wantVideo && len(ladder) > 0, Audio: wantAudio && src.Audio != nil,
+		Log: e.log.With("stream", o.Stream, "remote", o.Remote)})
 	if err != nil {
 		return nil, "", err
 	}
 	s := &session{
-		e: e, pc: pc, stream: o.Stream, src: src, done: make(chan struct{}), heard: make(chan struct{}), started: time.Now(),
-		ended: o.Ended, evSubs: map[chan wish.Event]struct{}{}, bwe: bwe,
+		e: e, t: t, stream: o.Stream, src: src, done: make(chan struct{}), heard: make(chan struct{}), started: time.Now(),
+		ended: o.Ended, evSubs: map[chan wish.Event]struct{}{},
 		log: e.log.With("stream", o.Stream, "remote", o.Remote),
+		rc: rtcpCounters{nacks: e.m.nacks.WithLabelValues(o.Stream), retransmits: e.m.retransmits.WithLabelValues(o.Stream),
+			plis: e.m.plis.WithLabelValues(o.Stream)},
 	}
-	// Set before any media flows; the controller is made just below.
-	bwe.OnDelivered(func(now time.Time, bytes, packets int) {
-		if c := s.abr.ctl; c != nil {
-			c.OnDelivered(now, bytes, packets)
-		}
-	})
-	var first *Rendition
-	if wantVideo && len(ladder) > 0 {
-		if first, err = s.startABR(ladder, lim); err != nil {
+	if b := t.BWE(); b != nil {
+		s.bwe = b
+		// Set before any media flows; the controller is made just below.
+		b.OnDelivered(func(now time.Time, bytes, packets int) {
+			if c := s.abr.ctl; c != nil {
+				c.OnDelivered(now, bytes, packets)
+			}
+		})
+	}
+	if tr := t.Video(); tr != nil {
+		first, err := s.startABR(ladder, lim)
+		if err != nil {
 			s.abort()
 			return nil, "", err
 		}
-		if s.video, err = s.addTrack(webrtc.RTPCodecTypeVideo, first.Hub, peer.ViewerH264()); err != nil {
-			s.abort()
-			return nil, "", err
-		}
+		s.video = s.newOutput(tr, first.Hub)
 		s.video.name = first.Name
 	}
-	if wantAudio && src.Audio != nil {
-		if s.audio, err = s.addTrack(webrtc.RTPCodecTypeAudio, src.Audio, peer.ViewerOpus()); err != nil {
-			s.abort()
-			return nil, "", err
-		}
+	if tr := t.Audio(); tr != nil {
+		s.audio = s.newOutput(tr, src.Audio)
 	}
-	answer, err := peer.Answer(ctx, pc, o.SDP)
-	if err != nil {
-		s.abort()
-		return nil, "", wish.Errorf(400, "bad_sdp", "cannot answer offer: %v", err)
-	}
-	s.ICE = peer.NewICE(pc, o.SDP)
 	// Subscribe last: from here on the hubs queue packets for this viewer.
 	for _, out := range []*output{s.video, s.audio} {
 		if out != nil {
@@ -256,37 +253,31 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 		s.holdRung(s.video.name)
 		s.heldName = s.video.name
 	}
-	// Only now: an abort above closes pc, and that must not run Close.
-	pc.OnConnectionStateChange(s.onState)
 	e.m.viewers.Inc()
 	if src.AddViewers != nil {
 		src.AddViewers(1)
 	}
+	t.Start(s.handleRTCP)
 	s.wg.Add(1)
 	go s.write()
 	s.log.Info("viewer connected")
 	return s, answer, nil
 }
 
-func (s *session) addTrack(kind webrtc.RTPCodecType, hub *media.Hub, codec webrtc.RTPCodecCapability) (*output, error) {
-	o := newOutput(kind.String(), hub, newLocalTrack(kind, codec))
-	sender, err := s.pc.AddTrack(o.track)
-	if err != nil {
-		return nil, err
-	}
+// newOutput is the output of track tr, sending hub.
+func (s *session) newOutput(tr *lite.Track, hub *media.Hub) *output {
+	o := newOutput(tr.Kind, hub, &track{w: s.t, tr: tr})
 	m := s.e.m
 	o.packets = m.packets.WithLabelValues(s.stream, o.kind)
 	o.bytes = countingCounter{m.bytes.WithLabelValues(s.stream, o.kind), &s.e.egress}
 	o.drops = m.drops.WithLabelValues(s.stream, o.kind)
-	s.wg.Add(1) // Offer's goroutine: nothing can Wait before it returns
-	go s.readRTCP(sender, o)
-	return o, nil
+	return o
 }
 
 // session is one WHEP viewer.
 type session struct {
 	e       *Endpoint
-	pc      *webrtc.PeerConnection
+	t       *lite.Transport
 	stream  string
 	src     Source
 	log     *slog.Logger
@@ -308,24 +299,22 @@ type session struct {
 
 	heard     chan struct{} // closed at the first RTCP from the viewer
 	heardOnce sync.Once
-	*peer.ICE // trickle and ICE restart (wish.Session)
-	connected atomic.Bool
-	lastRTCP  atomic.Int64
+	// rc are the stream's RTCP series; rtxHdr the scratch header of
+	// retransmissions (both used under the transport's receive path).
+	rc        rtcpCounters
+	rtxHdr    rtp.Header
+	refused   lite.Stats // the transport's refusals counted so far (writer goroutine)
+	connected bool       // DTLS is done (writer goroutine)
 	done      chan struct{}
 	closeOnce sync.Once
 	ended     func() // tells the resource table; may be nil
 	wg        sync.WaitGroup
 }
 
-func (s *session) onState(st webrtc.PeerConnectionState) {
-	switch st {
-	case webrtc.PeerConnectionStateConnected:
-		s.lastRTCP.Store(time.Now().UnixNano())
-		s.connected.Store(true)
-	case webrtc.PeerConnectionStateFailed, webrtc.PeerConnectionStateClosed:
-		go s.Close()
-	}
-}
+// ICE's side of wish.Session: the transport's.
+func (s *session) Trickle(f wish.Fragment) error           { return s.t.Trickle(f) }
+func (s *session) Restart(f wish.Fragment) (string, error) { return s.t.Restart(f) }
+func (s *session) RemoteUfrag() string                     { return s.t.RemoteUfrag() }
 
 // listenWait is the longest a new viewer's first packets wait for the
 // viewer's first RTCP after DTLS completes.
@@ -334,50 +323,24 @@ const listenWait = 500 * time.Millisecond
 // maxRetransmitsPerReport bounds the work one NACK can cause.
 const maxRetransmitsPerReport = 256
 
-// readRTCP reads a sender's RTCP: NACKs are answered from the hub's shared
-// buffer, PLIs become one coalesced keyframe request per stream, and loss
-// reports, NACK counts and REMB feed the viewer's rendition choice.
-func (s *session) readRTCP(sender *webrtc.RTPSender, o *output) {
-	defer s.wg.Done()
-	var hdr rtp.Header
-	video := o.kind == "video"
-	c := rtcpCounters{nacks: s.e.m.nacks.WithLabelValues(s.stream), retransmits: s.e.m.retransmits.WithLabelValues(s.stream),
-		plis: s.e.m.plis.WithLabelValues(s.stream)}
-	// Read, not ReadRTCP: that allocates a buffer per read and parses
-	// every packet of the compound, the TWCC feedback included, which the
-	// BWE has read already on its way here (peer.BWE). Only the rare
-	// packets the session acts on are parsed.
-	buf := make([]byte, rtcpBuffer)
-	for {
-		n, _, err := sender.Read(buf)
-		if err != nil {
-			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrClosedPipe) {
-				return
-			}
-			select {
-			case <-s.done:
-				return
-			default:
-			}
-			// One bad read must not end NACK and PLI service for this
-			// viewer.
+// handleRTCP takes a compound RTCP packet from the viewer (its transport
+// has authenticated it, and the BWE has read its transport-wide
+// feedback): NACKs are answered from the hubs' shared buffers, PLIs become
+// one coalesced keyframe request per stream, and loss reports, NACK counts
+// and REMB feed the viewer's rendition choice. It runs on the transport's
+// receive path, one packet at a time, and never blocks.
+func (s *session) handleRTCP(now time.Time, buf []byte) {
+	s.heardOnce.Do(func() { close(s.heard) })
+	budget := maxRetransmitsPerReport
+	for b := buf; len(b) > 0; {
+		p, rest, ok := peer.NextRTCP(b)
+		if !ok || p[0]>>6 != 2 {
 			s.e.m.badRTCP.Inc()
-			continue
+			return
 		}
-		now := time.Now()
-		s.lastRTCP.Store(now.UnixNano())
-		s.heardOnce.Do(func() { close(s.heard) })
-		budget := maxRetransmitsPerReport
-		for b := buf[:n]; len(b) > 0; {
-			p, rest, ok := peer.NextRTCP(b)
-			if !ok || p[0]>>6 != 2 {
-				s.e.m.badRTCP.Inc()
-				break
-			}
-			b = rest
-			if !s.onRTCP(now, p, o, video, &c, &budget, &hdr) {
-				s.e.m.badRTCP.Inc()
-			}
+		b = rest
+		if !s.onRTCP(now, p, &budget) {
+			s.e.m.badRTCP.Inc()
 		}
 	}
 }
@@ -397,16 +360,29 @@ func (s *session) sendReports(now time.Time) {
 			n++
 		}
 	}
-	if n > 0 {
-		// A failed write is the transport closing: onState ends the
-		// session.
-		_ = s.pc.WriteRTCP(pkts[:n])
+	if n == 0 {
+		return
+	}
+	raw, err := rtcp.Marshal(pkts[:n])
+	if err == nil {
+		// A failed write is the transport closing: the writer sees it
+		// end.
+		_ = s.t.WriteRTCP(raw)
 	}
 }
 
 // countRejected adds the transport-wide feedback the viewer's BWE refused
-// since the last call (malformed, or over its budget) to the bad RTCP.
+// since the last call (malformed, or over its budget) to the bad RTCP, and
+// the packets the transport refused to their counters.
 func (s *session) countRejected() {
+	st := s.t.Stats()
+	if n := st.Bad - s.refused.Bad; n > 0 {
+		s.e.m.refused.WithLabelValues("unauthenticated").Add(float64(n))
+	}
+	if n := st.Limited - s.refused.Limited; n > 0 {
+		s.e.m.refused.WithLabelValues("rate_limited").Add(float64(n))
+	}
+	s.refused = st
 	if b, ok := s.bwe.(interface{ Rejected() uint64 }); ok {
 		if n := b.Rejected(); n > s.rejected {
 			s.e.m.badRTCP.Add(float64(n - s.rejected))
@@ -426,15 +402,26 @@ type rtcpCounters struct{ nacks, retransmits, plis prometheus.Counter }
 // requests, NACKs (answered from the shared buffers, at most budget
 // retransmissions per compound), receiver reports' loss and REMB. It
 // reports false for a packet it should understand but cannot parse.
-func (s *session) onRTCP(now time.Time, p []byte, o *output, video bool, c *rtcpCounters, budget *int, hdr *rtp.Header) bool {
+func (s *session) onRTCP(now time.Time, p []byte, budget *int) bool {
 	format := p[0] & 0x1f
 	switch rtcp.PacketType(p[1]) {
 	case rtcp.TypePayloadSpecificFeedback:
 		switch format {
 		case rtcp.FormatPLI, rtcp.FormatFIR:
-			c.plis.Inc()
-			if h := o.current(); h != nil {
-				h.RequestKeyframe()
+			// The media source (RFC 4585 section 6.1; a FIR names it in
+			// its entry, RFC 5104 section 4.3.1.1).
+			at := 8
+			if format == rtcp.FormatFIR {
+				at = 12
+			}
+			if len(p) < at+4 {
+				return false
+			}
+			s.rc.plis.Inc()
+			if o := s.output(binary.BigEndian.Uint32(p[at:])); o != nil {
+				if h := o.current(); h != nil {
+					h.RequestKeyframe()
+				}
 			}
 		case rtcp.FormatREMB:
 			var r rtcp.ReceiverEstimatedMaximumBitrate
@@ -451,7 +438,12 @@ func (s *session) onRTCP(now time.Time, p []byte, o *output, video bool, c *rtcp
 		if nack.Unmarshal(p) != nil {
 			return false
 		}
+		o := s.output(nack.MediaSSRC)
+		if o == nil {
+			return true
+		}
 		n := 0
+		hdr := &s.rtxHdr
 		for _, pair := range nack.Nacks {
 			for _, seq := range pair.PacketList() {
 				n++
@@ -463,25 +455,25 @@ func (s *session) onRTCP(now time.Time, p []byte, o *output, video bool, c *rtcp
 					*hdr = rtp.Header{Version: 2, Marker: pkt.Marker, SequenceNumber: seq, Timestamp: pkt.Timestamp + off,
 						Extensions: hdr.Extensions[:0]} // reused, as in output.send
 					if o.track.write(hdr, pkt.Payload) == nil {
-						c.retransmits.Inc()
+						s.rc.retransmits.Inc()
 						s.e.egress.Add(uint64(len(pkt.Payload)))
 					}
 				}
 			}
 		}
-		c.nacks.Add(float64(n))
-		if video {
+		s.rc.nacks.Add(float64(n))
+		if o == s.video {
 			s.abr.onNACK(now, n)
 		}
 	case rtcp.TypeReceiverReport:
-		if !video {
+		if s.video == nil {
 			return true
 		}
 		var rr rtcp.ReceiverReport
 		if rr.Unmarshal(p) != nil {
 			return false
 		}
-		ssrc := o.track.ssrc()
+		ssrc := s.video.track.ssrc()
 		for _, r := range rr.Reports {
 			if r.SSRC == ssrc {
 				s.abr.onLoss(now, float64(r.FractionLost)/256)
@@ -489,6 +481,16 @@ func (s *session) onRTCP(now time.Time, p []byte, o *output, video bool, c *rtcp
 		}
 	}
 	return true
+}
+
+// output is the track sent with ssrc, or nil.
+func (s *session) output(ssrc uint32) *output {
+	for _, o := range []*output{s.video, s.audio} {
+		if o != nil && o.track.ssrc() == ssrc {
+			return o
+		}
+	}
+	return nil
 }
 
 // keptEntries is the capacity of the writer's buffer between bursts: a
@@ -513,24 +515,23 @@ func (s *session) write() {
 	}()
 	tick := time.NewTicker(abrTick)
 	defer tick.Stop()
-	// pion binds tracks once DTLS is up; until then the hubs queue for us,
-	// so the cached GOP that starts this viewer on a keyframe is not lost.
-	for _, o := range []*output{s.video, s.audio} {
-		if o == nil {
-			continue
-		}
-		for bound := false; !bound; {
-			select {
-			case <-s.done:
+	// Until DTLS is done the hubs queue for us, so the cached GOP that
+	// starts this viewer on a keyframe is not lost.
+	for ready := false; !ready; {
+		select {
+		case <-s.done:
+			return
+		case <-s.t.Done():
+			s.transportEnded()
+			return
+		case <-s.t.Ready():
+			ready = true
+			s.connected = true
+		case now := <-tick.C:
+			if reason := s.expired(now); reason != "" {
+				s.log.Warn("closing viewer", "reason", reason)
+				go s.Close()
 				return
-			case <-o.track.bound:
-				bound = true
-			case now := <-tick.C:
-				if reason := s.expired(now); reason != "" {
-					s.log.Warn("closing viewer", "reason", reason)
-					go s.Close()
-					return
-				}
 			}
 		}
 	}
@@ -576,6 +577,9 @@ func (s *session) write() {
 		var n int
 		select {
 		case <-s.done:
+			return
+		case <-s.t.Done():
+			s.transportEnded()
 			return
 		case <-aDone:
 			s.log.Info("stream ended")
@@ -631,17 +635,27 @@ func (s *session) write() {
 	}
 }
 
+// transportEnded closes the session whose transport ended by itself (the
+// viewer closed DTLS, or the handshake failed).
+func (s *session) transportEnded() {
+	if err := s.t.Err(); err != nil {
+		s.log.Info("viewer transport ended", "reason", err)
+	}
+	go s.Close()
+}
+
 // expired applies the zombie timers and reports drops, at most once a second.
 func (s *session) expired(now time.Time) string {
 	cfg := s.e.eng.Config()
-	if !s.connected.Load() {
+	if !s.connected {
 		if now.Sub(s.started) > cfg.HandshakeTimeout {
 			return "handshake timeout"
 		}
 		return ""
 	}
-	if now.Sub(time.Unix(0, s.lastRTCP.Load())) > cfg.ICEFailedTimeout {
-		return "no RTCP from viewer"
+	// Consent checks (RFC 7675) and RTCP both count.
+	if now.Sub(s.t.Heard()) > cfg.ICEFailedTimeout {
+		return "no consent or RTCP from viewer"
 	}
 	for _, o := range []*output{s.video, s.audio} {
 		if o == nil {
@@ -656,7 +670,7 @@ func (s *session) expired(now time.Time) string {
 
 // abort undoes a half-built session.
 func (s *session) abort() {
-	s.pc.Close()
+	s.t.Close()
 	for _, o := range []*output{s.video, s.audio} {
 		if o != nil {
 			o.close()
@@ -670,7 +684,7 @@ func (s *session) abort() {
 func (s *session) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.done)
-		s.pc.Close()
+		s.t.Close()
 		s.e.m.viewers.Dec()
 		if s.src.AddViewers != nil {
 			s.src.AddViewers(-1)

@@ -4,11 +4,11 @@ import (
 	"testing"
 
 	"github.com/pion/rtp"
-	"github.com/pion/webrtc/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
 	"github.com/cascade-cdn/cascade/media"
+	"github.com/cascade-cdn/cascade/peer/lite"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -16,31 +16,27 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // captureWriter records what a bound track writes.
 type captureWriter struct{ seqs []uint16 }
 
-func (c *captureWriter) WriteRTP(h *rtp.Header, _ []byte) (int, error) {
+func (c *captureWriter) WriteRTP(_ *lite.Track, h *rtp.Header, _ []byte) error {
 	c.seqs = append(c.seqs, h.SequenceNumber)
-	return 0, nil
+	return nil
 }
-func (c *captureWriter) Write([]byte) (int, error) { return 0, nil }
 
 type discardWriter struct{}
 
-func (discardWriter) WriteRTP(*rtp.Header, []byte) (int, error) { return 0, nil }
-func (discardWriter) Write([]byte) (int, error)                 { return 0, nil }
+func (discardWriter) WriteRTP(*lite.Track, *rtp.Header, []byte) error { return nil }
 
-// twccWriter does to each header what pion's TWCC header-extension
-// interceptor does (with a payload of its own, as pion's is), then
+// twccWriter does to each header what the transport does (it sets the
+// transport-wide sequence number, with a payload of its own), then
 // discards the packet.
 type twccWriter struct{ ext []byte }
 
-func (w twccWriter) WriteRTP(h *rtp.Header, _ []byte) (int, error) {
-	return 0, h.SetExtension(3, w.ext)
+func (w twccWriter) WriteRTP(_ *lite.Track, h *rtp.Header, _ []byte) error {
+	return h.SetExtension(3, w.ext)
 }
-func (twccWriter) Write([]byte) (int, error) { return 0, nil }
 
-func testOutput(w webrtc.TrackLocalWriter) *output {
+func testOutput(w rtpWriter) *output {
 	o := newOutput("video", media.NewHub(media.DefaultHubConfig(media.Video, "H264", 90000)),
-		newLocalTrack(webrtc.RTPCodecTypeVideo, webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeH264}))
-	o.track.b.Store(&binding{ssrc: 1, pt: 102, w: w})
+		&track{w: w, tr: &lite.Track{Kind: "video", ClockRate: 90000, SSRC: 1, PT: 102}})
 	o.packets = prometheus.NewCounter(prometheus.CounterOpts{Name: "p"})
 	o.bytes = prometheus.NewCounter(prometheus.CounterOpts{Name: "b"})
 	return o
@@ -119,7 +115,7 @@ func TestViewerSendNoAlloc(t *testing.T) {
 func TestSentRingSizes(t *testing.T) {
 	hub := media.NewHub(media.DefaultHubConfig(media.Audio, "opus", 48000))
 	defer hub.Close()
-	a := newOutput("audio", hub, newLocalTrack(webrtc.RTPCodecTypeAudio, webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus}))
+	a := newOutput("audio", hub, &track{w: discardWriter{}, tr: &lite.Track{Kind: "audio", ClockRate: 48000, SSRC: 2, PT: 111}})
 	v := testOutput(discardWriter{})
 	if len(a.ring) != audioRing || len(v.ring) != sentRing {
 		t.Fatalf("rings of %d and %d slots, want %d and %d", len(a.ring), len(v.ring), audioRing, sentRing)
@@ -152,16 +148,15 @@ func BenchmarkViewerSend(b *testing.B) {
 	}
 }
 
-var _ webrtc.TrackLocalWriter = (*captureWriter)(nil)
+var _ rtpWriter = (*captureWriter)(nil)
 
 // seqTSWriter records the header of every packet written.
 type seqTSWriter struct{ hdrs []rtp.Header }
 
-func (c *seqTSWriter) WriteRTP(h *rtp.Header, _ []byte) (int, error) {
+func (c *seqTSWriter) WriteRTP(_ *lite.Track, h *rtp.Header, _ []byte) error {
 	c.hdrs = append(c.hdrs, *h)
-	return 0, nil
+	return nil
 }
-func (c *seqTSWriter) Write([]byte) (int, error) { return 0, nil }
 
 // TestSwitchAtKeyframe moves a viewer between two aligned rungs: the old
 // rung flows until the new one's keyframe, nothing of the old rung at or

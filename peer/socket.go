@@ -1,0 +1,146 @@
+package peer
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// socket is one of the engine's UDP sockets: writes batched by batchConn,
+// and one reading goroutine that hands each datagram to the transport it
+// belongs to. Cascade's own transports (routes) take theirs on that
+// goroutine; the rest goes to pion's UDP mux through pionConn, which reads
+// the socket as if it were the socket.
+type socket struct {
+	*batchConn
+	routes *routes
+	pion   *pionConn
+	done   chan struct{}
+	// toPionDropped counts datagrams for pion dropped at a full queue.
+	toPionDropped atomic.Uint64
+}
+
+// maxDatagram is the largest datagram read; anything longer is cut and
+// fails its integrity check. pion reads up to 8 KiB too (receiveMTU).
+const maxDatagram = 8192
+
+// pionQueue bounds the datagrams waiting for pion's mux: publishers are
+// few, and a publisher's packet waits there only as long as pion's reading
+// goroutine takes to come back for the next one.
+const pionQueue = 1024
+
+func newSocket(c *net.UDPConn, r *routes) *socket {
+	s := &socket{batchConn: newBatchConn(c), routes: r, done: make(chan struct{})}
+	s.pion = &pionConn{s: s, queue: make(chan datagram, pionQueue), closed: make(chan struct{})}
+	go s.read()
+	return s
+}
+
+// read is the socket's one reader; it ends when the socket is closed.
+func (s *socket) read() {
+	defer close(s.done)
+	buf := make([]byte, maxDatagram)
+	for {
+		n, addr, err := s.UDPConn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				s.pion.Close()
+				return
+			}
+			continue // e.g. ECONNREFUSED from an earlier send: the socket goes on
+		}
+		if n == 0 {
+			continue
+		}
+		addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+		p := Path{udp: s, addr: addr}
+		if h := s.routes.route(buf[:n], p); h != nil {
+			h.HandlePacket(buf[:n], p)
+			continue
+		}
+		s.pion.deliver(buf[:n], addr)
+	}
+}
+
+// Close stops the socket and waits for its reader.
+func (s *socket) Close() error {
+	err := s.batchConn.Close()
+	<-s.done
+	return err
+}
+
+// datagram is one packet queued for pion.
+type datagram struct {
+	b    *[]byte
+	addr netip.AddrPort
+}
+
+var datagramPool = sync.Pool{New: func() any { b := make([]byte, 0, 1500); return &b }}
+
+// pionConn is what pion's UDP mux reads and writes: the datagrams no route
+// claimed, and the socket's batched writes. Closing it (pion's mux does,
+// when it closes) leaves the socket to the engine.
+type pionConn struct {
+	s      *socket
+	queue  chan datagram
+	closed chan struct{}
+	once   sync.Once
+}
+
+// deliver queues a copy of b for pion, or drops it if pion is behind.
+func (c *pionConn) deliver(b []byte, addr netip.AddrPort) {
+	bp := datagramPool.Get().(*[]byte)
+	*bp = append((*bp)[:0], b...)
+	select {
+	case c.queue <- datagram{bp, addr}:
+	default:
+		datagramPool.Put(bp)
+		c.s.toPionDropped.Add(1)
+	}
+}
+
+// ReadFromAddrPort implements ice.AddrPortReaderWriter.
+func (c *pionConn) ReadFromAddrPort(p []byte) (int, netip.AddrPort, error) {
+	select {
+	case d := <-c.queue:
+		n := copy(p, *d.b)
+		datagramPool.Put(d.b)
+		return n, d.addr, nil
+	case <-c.closed:
+		return 0, netip.AddrPort{}, net.ErrClosed
+	}
+}
+
+// WriteToAddrPort implements ice.AddrPortReaderWriter.
+func (c *pionConn) WriteToAddrPort(p []byte, addr netip.AddrPort) (int, error) {
+	return c.s.WriteToAddrPort(p, addr)
+}
+
+// ReadFrom implements net.PacketConn.
+func (c *pionConn) ReadFrom(p []byte) (int, net.Addr, error) {
+	n, a, err := c.ReadFromAddrPort(p)
+	if err != nil {
+		return 0, nil, err
+	}
+	return n, net.UDPAddrFromAddrPort(a), nil
+}
+
+// WriteTo implements net.PacketConn.
+func (c *pionConn) WriteTo(p []byte, addr net.Addr) (int, error) { return c.s.WriteTo(p, addr) }
+
+// Close implements net.PacketConn: pion's reads end. Idempotent.
+func (c *pionConn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return nil
+}
+
+// LocalAddr implements net.PacketConn.
+func (c *pionConn) LocalAddr() net.Addr { return c.s.LocalAddr() }
+
+// Deadlines are not used by pion's mux; reads end with Close.
+func (c *pionConn) SetDeadline(time.Time) error      { return nil }
+func (c *pionConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *pionConn) SetWriteDeadline(time.Time) error { return nil }
