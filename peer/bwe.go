@@ -1,17 +1,12 @@
 package peer
 
 import (
-	"encoding/binary"
-	"fmt"
 	"math"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/pion/interceptor"
 	"github.com/pion/rtcp"
-	"github.com/pion/rtp"
-	"github.com/pion/sdp/v3"
 )
 
 // The estimator's bounds for a viewer. It starts at 1 Mbps, about the
@@ -39,8 +34,7 @@ const (
 )
 
 // maxFeedbackStatuses bounds the packet statuses taken from one RTCP read
-// (pion's SRTCP session hands the packets of a compound over one read
-// each). A browser's feedback covers the 50–250 ms since its previous one,
+// (a compound packet, as the viewer's transport hands it over). A browser's feedback covers the 50–250 ms since its previous one,
 // a few hundred packets. The walk itself is bounded by the packet's size
 // (runs not received are skipped in one step, and a received packet has a
 // delta byte); the budget bounds what one report can claim.
@@ -70,9 +64,10 @@ const (
 // the transport-cc extension gets no feedback: TargetBitrate stays 0 and
 // OnDelivered is never called.
 //
-// The BWE belongs to its PeerConnection. It runs no goroutine of its own
-// (GCC runs on the RTCP readers), so there is nothing to close. Its
-// methods are safe for concurrent use.
+// The BWE belongs to one viewer's transport, which calls Record for each
+// packet sent and ReadRTCP for each RTCP packet received. It runs no
+// goroutine of its own (GCC runs in ReadRTCP), so there is nothing to
+// close. Its methods are safe for concurrent use.
 type BWE struct {
 	start time.Time
 	ring  [ringSize]atomic.Uint64
@@ -90,8 +85,8 @@ type BWE struct {
 	linkMu sync.Mutex
 	link   linkAcc
 
-	// fbMu serializes feedback, and guards gcc: the RTCP of each sender is
-	// read by its own goroutine, and TWCC feedback may come on any of them.
+	// fbMu serializes feedback, and guards gcc: RTCP may come on the UDP
+	// socket's reader or an ICE-TCP connection's, and Stats reads gcc.
 	fbMu sync.Mutex
 	gcc  *gcc
 	refs refClock
@@ -399,67 +394,4 @@ func (a *linkAcc) add(recv, owd int64, size int) {
 	if !a.haveRecv || recv > a.lastRecvUs || a.lastRecvUs-recv > 1_000_000 {
 		a.lastRecvUs, a.haveRecv = recv, true
 	}
-}
-
-// bweInterceptor ties a BWE to the streams and RTCP of its PeerConnection.
-// It must sit inside pion's TWCC header-extension interceptor (registered
-// before it), so that every packet it sees has its sequence number.
-type bweInterceptor struct {
-	interceptor.NoOp
-	b *BWE
-}
-
-// bweFactory builds the one bweInterceptor of one PeerConnection: each
-// viewer gets a registry of its own, so no lookup by PeerConnection ID
-// (which pion makes from the clock, and is not unique) is needed.
-type bweFactory struct {
-	b    *BWE
-	used atomic.Bool
-}
-
-func (f *bweFactory) NewInterceptor(string) (interceptor.Interceptor, error) {
-	if f.used.Swap(true) {
-		return nil, fmt.Errorf("webrtc: a BWE serves one PeerConnection")
-	}
-	return &bweInterceptor{b: f.b}, nil
-}
-
-// twccExtID is the stream's transport-cc header extension ID, or 0.
-func twccExtID(info *interceptor.StreamInfo) uint8 {
-	for _, e := range info.RTPHeaderExtensions {
-		if e.URI == sdp.TransportCCURI && e.ID > 0 && e.ID < 256 {
-			return uint8(e.ID)
-		}
-	}
-	return 0
-}
-
-// BindLocalStream records each packet's sequence number and size. A
-// stream without the extension is not recorded: the viewer sends no
-// feedback that could acknowledge it.
-func (i *bweInterceptor) BindLocalStream(info *interceptor.StreamInfo, writer interceptor.RTPWriter) interceptor.RTPWriter {
-	id := twccExtID(info)
-	if id == 0 {
-		return writer
-	}
-	b := i.b
-	return interceptor.RTPWriterFunc(func(h *rtp.Header, payload []byte, a interceptor.Attributes) (int, error) {
-		if ext := h.GetExtension(id); len(ext) >= 2 {
-			b.Record(binary.BigEndian.Uint16(ext), h.MarshalSize()+len(payload)+int(h.PaddingSize))
-		}
-		return writer.Write(h, payload, a)
-	})
-}
-
-// BindRTCPReader takes the TWCC feedback out of the RTCP the session
-// reads. Its errors are never the reader's: one bad feedback must not end
-// the session's RTCP loop.
-func (i *bweInterceptor) BindRTCPReader(reader interceptor.RTCPReader) interceptor.RTCPReader {
-	return interceptor.RTCPReaderFunc(func(buf []byte, a interceptor.Attributes) (int, interceptor.Attributes, error) {
-		n, a, err := reader.Read(buf, a)
-		if err == nil && n <= len(buf) {
-			i.b.ReadRTCP(time.Now(), buf[:n])
-		}
-		return n, a, err
-	})
 }

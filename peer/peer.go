@@ -1,8 +1,11 @@
-// Package peer builds the pion WebRTC plumbing that WHIP and WHEP sessions
-// share: one UDP port for every peer (ICE UDP mux), ICE-TCP on the same port
-// number, NAT 1:1 addresses, ICE timers, the codecs and interceptors of each
-// direction, each viewer's send-side bandwidth estimation (BWE), and the SDP
-// answer rules of the contract.
+// Package peer owns the WebRTC port that WHIP and WHEP sessions share: one
+// UDP port for every peer (batched writes, one reader that routes each
+// datagram), ICE-TCP on the same port number, NAT 1:1 addresses and ICE
+// timers. Publishers get pion PeerConnections through its ICE muxes, with
+// the codecs and interceptors of that direction and the contract's answer
+// rules; viewers get Cascade's own transport (peer/lite), which it routes
+// packets to (Claim, Bind), with the DTLS certificate, candidates and
+// send-side bandwidth estimation (BWE) it needs.
 package peer
 
 import (
@@ -20,8 +23,6 @@ import (
 	"github.com/pion/dtls/v3/pkg/crypto/selfsign"
 	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
-	"github.com/pion/interceptor/pkg/report"
-	"github.com/pion/interceptor/pkg/twcc"
 	"github.com/pion/logging"
 	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v4"
@@ -71,9 +72,6 @@ func (c Config) Validate() error {
 // High by default; browsers send constrained baseline.
 var PublisherH264Profiles = []string{"42e01f", "42001f", "42c01f", "4d001f", "4d401f", "64001f", "640c1f"}
 
-// ViewerH264Profile is what viewers are always offered (DESIGN.md).
-const ViewerH264Profile = "42e01f"
-
 // answerTimeout bounds the making of one answer.
 const answerTimeout = 5 * time.Second
 
@@ -86,7 +84,6 @@ type Engine struct {
 	udpMux    ice.UDPMux
 	tcpMux    ice.TCPMux
 	publisher *webrtc.API
-	viewer    *webrtc.API
 	log       *slog.Logger
 	lf        *slogFactory
 
@@ -98,12 +95,6 @@ type Engine struct {
 	// candidates are the a=candidate values (without "a=") of Cascade's
 	// own transports: every socket's address, or the public ones.
 	candidates []string
-
-	// What NewViewer builds each viewer's API from: the API is per viewer
-	// so that its interceptor registry can hold that viewer's BWE.
-	viewerMedia    *webrtc.MediaEngine
-	viewerSettings webrtc.SettingEngine
-	twccStamp      interceptor.Factory // transport-wide sequence numbers
 }
 
 // New opens the UDP (and TCP) port and builds the APIs.
@@ -123,14 +114,6 @@ func New(cfg Config, log *slog.Logger) (*Engine, error) {
 		return nil, err
 	}
 	if e.publisher, err = e.api(publisherMedia, publisherInterceptors, e.settings(public, lf)); err != nil {
-		e.Close()
-		return nil, err
-	}
-	if e.viewer, err = e.api(viewerMedia, viewerInterceptors, e.viewerSettingsFor(public, lf)); err != nil {
-		e.Close()
-		return nil, err
-	}
-	if err := e.viewerParts(public, lf); err != nil {
 		e.Close()
 		return nil, err
 	}
@@ -197,20 +180,6 @@ func (e *Engine) Candidates() []string { return e.candidates }
 // LoggerFactory is the engine's pion logger factory.
 func (e *Engine) LoggerFactory() logging.LoggerFactory { return e.lf }
 
-// viewerParts prepares what NewViewer assembles.
-func (e *Engine) viewerParts(public []string, lf *slogFactory) error {
-	e.viewerMedia = &webrtc.MediaEngine{}
-	if err := viewerMedia(e.viewerMedia); err != nil {
-		return fmt.Errorf("webrtc: codecs: %w", err)
-	}
-	e.viewerSettings = e.viewerSettingsFor(public, lf)
-	var err error
-	if e.twccStamp, err = twcc.NewHeaderExtensionInterceptor(); err != nil {
-		return fmt.Errorf("webrtc: interceptors: %w", err)
-	}
-	return nil
-}
-
 func resolveHosts(hosts []string) ([]string, error) {
 	var ips []string
 	for _, h := range hosts {
@@ -273,29 +242,7 @@ func (e *Engine) settings(public []string, lf *slogFactory) webrtc.SettingEngine
 	return se
 }
 
-// viewerSettingsFor is settings for WHEP viewers. A viewer is never dialled
-// over TCP: pion would otherwise open an active ICE-TCP connection (and
-// its goroutines and buffers) to every passive TCP candidate a viewer
-// offers, and viewers sit behind NATs that refuse them. Viewers reach the
-// node's passive ICE-TCP port instead, as before.
-func (e *Engine) viewerSettingsFor(public []string, lf *slogFactory) webrtc.SettingEngine {
-	se := e.settings(public, lf)
-	se.DisableActiveTCP(true)
-	return se
-}
-
 var videoFeedback = []webrtc.RTCPFeedback{{Type: "nack"}, {Type: "nack", Parameter: "pli"}, {Type: "ccm", Parameter: "fir"}}
-
-// Viewers are also asked for transport-wide congestion control feedback
-// (draft-holmer-rmcat-transport-wide-cc-extensions-01, section 4): a
-// browser sends it only when the answer has both this feedback type and
-// the header extension. Publishers get it from pion's defaults
-// (webrtc.ConfigureTWCCSender).
-var (
-	transportCC         = webrtc.RTCPFeedback{Type: webrtc.TypeRTCPFBTransportCC}
-	viewerVideoFeedback = []webrtc.RTCPFeedback{videoFeedback[0], videoFeedback[1], videoFeedback[2], transportCC}
-	viewerAudioFeedback = []webrtc.RTCPFeedback{transportCC}
-)
 
 func opus() webrtc.RTPCodecParameters {
 	return webrtc.RTPCodecParameters{
@@ -324,85 +271,14 @@ func publisherMedia(m *webrtc.MediaEngine) error {
 	return m.RegisterCodec(opus(), webrtc.RTPCodecTypeAudio)
 }
 
-func viewerH264() webrtc.RTPCodecParameters {
-	c := h264(ViewerH264Profile, 102)
-	c.RTCPFeedback = viewerVideoFeedback
-	return c
-}
-
-func viewerOpus() webrtc.RTPCodecParameters {
-	c := opus()
-	c.RTCPFeedback = viewerAudioFeedback
-	return c
-}
-
-func viewerMedia(m *webrtc.MediaEngine) error {
-	if err := m.RegisterCodec(viewerH264(), webrtc.RTPCodecTypeVideo); err != nil {
-		return err
-	}
-	if err := m.RegisterCodec(viewerOpus(), webrtc.RTPCodecTypeAudio); err != nil {
-		return err
-	}
-	for _, kind := range []webrtc.RTPCodecType{webrtc.RTPCodecTypeVideo, webrtc.RTPCodecTypeAudio} {
-		if err := m.RegisterHeaderExtension(webrtc.RTPHeaderExtensionCapability{URI: sdp.TransportCCURI}, kind); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // publisherInterceptors: NACK generation toward the publisher, receiver
 // reports and TWCC feedback so its encoder can adapt.
 func publisherInterceptors(m *webrtc.MediaEngine, ir *interceptor.Registry) error {
 	return webrtc.RegisterDefaultInterceptors(m, ir)
 }
 
-// viewerInterceptors: sender reports only. NACKs are answered by the
-// session from the track's shared retransmission buffer, not by pion's
-// responder, which keeps 1024 packets per viewer track. NewViewer adds the
-// transport-wide sequence numbers and the BWE to these.
-func viewerInterceptors(_ *webrtc.MediaEngine, ir *interceptor.Registry) error {
-	sr, err := report.NewSenderInterceptor()
-	if err != nil {
-		return err
-	}
-	ir.Add(sr)
-	return nil
-}
-
 // Publisher is the API for WHIP sessions.
 func (e *Engine) Publisher() *webrtc.API { return e.publisher }
-
-// Viewer is an API for WHEP sessions without bandwidth estimation: its
-// peers negotiate transport-cc like NewViewer's, but stamp no sequence
-// numbers, so viewers have nothing to send feedback about. Prefer
-// NewViewer.
-func (e *Engine) Viewer() *webrtc.API { return e.viewer }
-
-// NewViewer returns a PeerConnection for a WHEP session and its BWE.
-//
-// Its interceptors are, in the order a packet meets them: pion's TWCC
-// header extension (the transport-wide sequence number) and the BWE
-// (records the packet's size and send time). pion's NACK responder and
-// generator stay out, as in Viewer, and so does its sender-report
-// interceptor: the session sends its own reports (one goroutine and a
-// mutex per packet fewer). The BWE's estimator runs on the RTCP reader: it
-// adds no goroutine.
-//
-// The session must keep reading each RTPSender's RTCP: the BWE sees the
-// viewer's feedback only as it is read.
-func (e *Engine) NewViewer() (*webrtc.PeerConnection, *BWE, error) {
-	b := NewBWE()
-	ir := &interceptor.Registry{}
-	ir.Add(&bweFactory{b: b})
-	ir.Add(e.twccStamp) // added last: it wraps the others, so it stamps first
-	api := webrtc.NewAPI(webrtc.WithMediaEngine(e.viewerMedia), webrtc.WithInterceptorRegistry(ir), webrtc.WithSettingEngine(e.viewerSettings))
-	pc, err := api.NewPeerConnection(webrtc.Configuration{})
-	if err != nil {
-		return nil, nil, fmt.Errorf("webrtc: new viewer: %w", err)
-	}
-	return pc, b, nil
-}
 
 // SocketStats are running totals of the shared UDP socket's writer.
 type SocketStats struct {
@@ -636,9 +512,3 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
-
-// ViewerH264 is the video capability of viewer tracks.
-func ViewerH264() webrtc.RTPCodecCapability { return viewerH264().RTPCodecCapability }
-
-// ViewerOpus is the audio capability of viewer tracks.
-func ViewerOpus() webrtc.RTPCodecCapability { return viewerOpus().RTPCodecCapability }

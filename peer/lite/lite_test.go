@@ -416,6 +416,17 @@ func TestAnswerShape(t *testing.T) {
 				if s, _ := md.Attribute("setup"); s != "passive" {
 					t.Errorf("a=setup:%s", s)
 				}
+				// A browser sends feedback only for what the answer asks.
+				pt := md.MediaName.Formats[0]
+				want := []string{pt + " transport-cc"}
+				if md.MediaName.Media == "video" {
+					want = append(want, pt+" nack", pt+" nack pli")
+				}
+				for _, w := range want {
+					if !strings.Contains(answer, "a=rtcp-fb:"+w+"\r\n") {
+						t.Errorf("%s: no a=rtcp-fb:%s", md.MediaName.Media, w)
+					}
+				}
 				// transport-cc is answered when offered (the Firefox
 				// sample predates it), and nothing else is.
 				ext, _ := md.Attribute("extmap")
@@ -514,4 +525,80 @@ func FuzzHandlePacket(f *testing.F) {
 	f.Fuzz(func(t *testing.T, p []byte) {
 		tr.HandlePacket(p, peer.Path{})
 	})
+}
+
+// TestBWEOverTransport sends about 1 Mbps of video and some audio to a
+// pion viewer that sends transport-wide feedback: what the feedback
+// acknowledges converges to what the viewer received, and GCC's target
+// moves. A viewer whose offer has no transport-cc gets no BWE.
+func TestBWEOverTransport(t *testing.T) {
+	e := testEngine(t, false)
+	v := newViewer(t, false)
+	tr := connect(t, e, v, nil)
+	bwe := tr.BWE()
+	var cbBytes, cbPackets atomic.Int64
+	bwe.OnDelivered(func(_ time.Time, bytes, packets int) {
+		cbBytes.Add(int64(bytes))
+		cbPackets.Add(int64(packets))
+	})
+	eventually(t, "the viewer connected", 5*time.Second, func() bool {
+		return v.pc.ConnectionState() == webrtc.PeerConnectionStateConnected
+	})
+	payload, opus := make([]byte, 1200), make([]byte, 120)
+	var vh, ah rtp.Header
+	seen := map[int]bool{}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for i := range 300 { // 3 s
+		<-tick.C
+		vh = rtp.Header{Version: 2, SequenceNumber: uint16(i), Timestamp: uint32(i) * 900, Marker: true, Extensions: vh.Extensions[:0]}
+		if err := tr.WriteRTP(tr.Video(), &vh, payload); err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 {
+			ah = rtp.Header{Version: 2, SequenceNumber: uint16(i / 2), Timestamp: uint32(i) * 480, Extensions: ah.Extensions[:0]}
+			if err := tr.WriteRTP(tr.Audio(), &ah, opus); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if r := bwe.TargetBitrate(); r > 0 {
+			seen[r] = true
+		}
+	}
+	// pion's receivers drop what arrives before they start, but the
+	// feedback counts it: compare once the feedback has caught up.
+	eventually(t, "feedback covering what was sent", 5*time.Second, func() bool {
+		st := bwe.Stats()
+		return float64(st.DeliveredBytes) >= 0.97*float64(st.SentBytes)
+	})
+	st := bwe.Stats()
+	if st.DeliveredBytes > st.SentBytes || st.DeliveredPackets > st.SentPackets {
+		t.Errorf("more delivered than sent: %+v", st)
+	}
+	// What the viewer's tracks read is what the feedback acknowledged,
+	// less what arrived before its receivers started.
+	if r := float64(v.received.Load()); r > float64(st.SentBytes) || r < 0.9*float64(st.DeliveredBytes) {
+		t.Errorf("the viewer read %.0f bytes; %d were sent, %d acknowledged", r, st.SentBytes, st.DeliveredBytes)
+	}
+	eventually(t, "OnDelivered agreeing with the stats", 2*time.Second, func() bool {
+		st := bwe.Stats()
+		return cbBytes.Load() == int64(st.DeliveredBytes) && cbPackets.Load() == int64(st.DeliveredPackets)
+	})
+	if st.Rejected != 0 {
+		t.Errorf("%d feedbacks rejected", st.Rejected)
+	}
+	if len(seen) < 2 {
+		t.Errorf("GCC's target never changed: %v", seen)
+	}
+
+	// Without the extension in the offer: no BWE, and nothing recorded.
+	offer := offers(t)["firefox"]
+	plain, _, err := New(e, Params{Offer: offer, Video: true, Audio: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if plain.BWE() != nil {
+		t.Error("a viewer without transport-cc got a BWE")
+	}
 }

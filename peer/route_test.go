@@ -1,0 +1,100 @@
+package peer
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/pion/stun/v4"
+)
+
+// stunCases are STUN messages as ICE agents send them.
+var stunCases = []struct {
+	name  string
+	msg   []stun.Setter
+	ufrag string // "" when stunUfrag must find none
+}{
+	{"check", []stun.Setter{stun.TransactionID, stun.BindingRequest, stun.NewUsername("ours:theirs"), stun.NewShortTermIntegrity("pwd"), stun.Fingerprint}, "ours"},
+	{"empty local", []stun.Setter{stun.TransactionID, stun.BindingRequest, stun.NewUsername(":theirs")}, ""},
+	{"no colon", []stun.Setter{stun.TransactionID, stun.BindingRequest, stun.NewUsername("ours")}, ""},
+	{"no username", []stun.Setter{stun.TransactionID, stun.BindingRequest, stun.Fingerprint}, ""},
+	{"after other attributes", []stun.Setter{stun.TransactionID, stun.BindingRequest, stun.NewSoftware("x"), stun.NewUsername("abcd:efgh")}, "abcd"},
+}
+
+func TestSTUNUfrag(t *testing.T) {
+	for _, c := range stunCases {
+		m := stun.MustBuild(c.msg...)
+		u, ok := stunUfrag(m.Raw)
+		if c.ufrag == "" {
+			if ok && len(u) > 0 {
+				t.Errorf("%s: found %q", c.name, u)
+			}
+			continue
+		}
+		if !ok || string(u) != c.ufrag {
+			t.Errorf("%s: %q %v, want %q", c.name, u, ok, c.ufrag)
+		}
+	}
+	if _, ok := stunUfrag([]byte{0x80, 0xc8, 0, 6}); ok {
+		t.Error("RTCP read as STUN")
+	}
+}
+
+// FuzzSTUNUfrag holds the in-place walk to pion's decoder: whatever it
+// finds, pion finds too.
+func FuzzSTUNUfrag(f *testing.F) {
+	for _, c := range stunCases {
+		f.Add(stun.MustBuild(c.msg...).Raw)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		u, ok := stunUfrag(b)
+		if !ok {
+			return
+		}
+		m := &stun.Message{Raw: append([]byte(nil), b...)}
+		if err := m.Decode(); err != nil {
+			return // pion is stricter about the header; routing then fails its checks
+		}
+		user, err := m.Get(stun.AttrUsername)
+		if err != nil {
+			return // a later duplicate, or pion stopped earlier
+		}
+		if local, _, _ := strings.Cut(string(user), ":"); local != string(u) && strings.Contains(string(user), ":") {
+			t.Fatalf("in place %q, pion %q", u, user)
+		}
+	})
+}
+
+// TestRoutes: a claimed fragment and a bound path reach their handler,
+// only while they are claimed and bound.
+func TestRoutes(t *testing.T) {
+	var e Engine
+	h1, h2 := &countHandler{}, &countHandler{}
+	check := stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.NewUsername("frag:x")).Raw
+	p := Path{udp: &socket{}}
+	if !e.Claim("frag", h1) || e.Claim("frag", h2) {
+		t.Fatal("a fragment was claimed twice")
+	}
+	if e.routes.route(check, p) != h1 {
+		t.Error("a check for a claimed fragment went elsewhere")
+	}
+	if e.routes.route([]byte{0x80, 0xc9, 0, 1}, p) != nil {
+		t.Error("an unbound path was routed")
+	}
+	e.Bind(p, h2)
+	if e.routes.route([]byte{0x80, 0xc9, 0, 1}, p) != h2 || e.routes.route(check, p) != h1 {
+		t.Error("a bound path, or a claimed fragment on it, went elsewhere")
+	}
+	e.Unbind(p, h1) // not h1's: no effect
+	e.Release("frag")
+	if e.routes.route(check, p) != h2 {
+		t.Error("after release, a check on a bound path goes to the path's handler")
+	}
+	e.Unbind(p, h2)
+	if e.routes.route(check, p) != nil {
+		t.Error("routed after release and unbind")
+	}
+}
+
+type countHandler struct{ n int }
+
+func (c *countHandler) HandlePacket([]byte, Path) { c.n++ }
