@@ -199,17 +199,25 @@ func (h *Hub) cacheGOP(p *Packet) {
 // Subscribe adds a subscriber. For video it is primed with the cached GOP
 // so its first packet is a keyframe; without a cached GOP it waits for the
 // next keyframe, and one is requested. It returns nil if the hub is closed.
-func (h *Hub) Subscribe() *Subscriber { return h.subscribe(true) }
+func (h *Hub) Subscribe() *Subscriber { return h.subscribe(make(chan struct{}, 1), true) }
 
 // SubscribeLive adds a subscriber that starts at the hub's next keyframe,
 // without the cached GOP: a viewer moving from another rendition must not
 // go back in time. No keyframe is requested; the caller may.
-func (h *Hub) SubscribeLive() *Subscriber { return h.subscribe(false) }
+func (h *Hub) SubscribeLive() *Subscriber { return h.subscribe(make(chan struct{}, 1), false) }
 
-func (h *Hub) subscribe(prime bool) *Subscriber {
+// SubscribeWith is Subscribe, or SubscribeLive when live is set, with a
+// wake channel the caller shares among its subscriptions (capacity 1), so
+// that one select case serves them all. The subscriber signals it, never
+// blocking, when packets arrive and when it closes (see Closed).
+func (h *Hub) SubscribeWith(wake chan struct{}, live bool) *Subscriber {
+	return h.subscribe(wake, !live)
+}
+
+func (h *Hub) subscribe(wake chan struct{}, prime bool) *Subscriber {
 	s := &Subscriber{
 		hub:  h,
-		wake: make(chan struct{}, 1),
+		wake: wake,
 		done: make(chan struct{}),
 	}
 	h.mu.Lock()

@@ -100,6 +100,16 @@ func (s *Subscriber) Wake() <-chan struct{} { return s.wake }
 // Done is closed when the subscriber is closed or its hub ends.
 func (s *Subscriber) Done() <-chan struct{} { return s.done }
 
+// Closed reports whether Done is closed.
+func (s *Subscriber) Closed() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
 // Pop appends every queued entry to buf and returns it, oldest first. It
 // never blocks.
 func (s *Subscriber) Pop(buf []Entry) []Entry {
@@ -139,4 +149,8 @@ func (s *Subscriber) close() {
 	clear(s.ring)
 	s.n = 0
 	close(s.done)
+	select { // a shared wake channel is how its owner hears of it
+	case s.wake <- struct{}{}:
+	default:
+	}
 }

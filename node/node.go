@@ -465,5 +465,9 @@ func registerSocketMetrics(pr prometheus.Registerer, eng *peer.Engine) {
 			stat(func(s peer.SocketStats) uint64 { return s.Syscalls })),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "cascade_udp_gso_messages_total", Help: "UDP GSO messages sent (each several packets to one peer)."},
 			stat(func(s peer.SocketStats) uint64 { return s.Segmented })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "cascade_udp_gso_packets_total", Help: "Packets sent inside UDP GSO messages."},
+			stat(func(s peer.SocketStats) uint64 { return s.SegmentedPackets })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "cascade_udp_unrouted_dropped_total", Help: "Datagrams for pion's sessions (publishers) dropped because its queue was full."},
+			stat(func(s peer.SocketStats) uint64 { return s.UnroutedDropped })),
 	)
 }

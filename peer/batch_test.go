@@ -28,7 +28,7 @@ func TestBatchConnDeliversEveryPacket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := newBatchConn(uc)
+	b := newBatchConn(uc, -1)
 	defer b.Close()
 
 	const writers, each = 8, 200
@@ -105,7 +105,7 @@ func benchWrite(b *testing.B, batched, gso bool) {
 		}
 		return
 	}
-	bc := newBatchConn(uc)
+	bc := newBatchConn(uc, -1)
 	defer bc.Close()
 	bc.gso.Store(bc.gso.Load() && gso)
 	for i := 0; i < b.N; i++ {
@@ -168,7 +168,7 @@ func TestBatchConnSegments(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := newBatchConn(uc)
+	b := newBatchConn(uc, -1)
 	defer b.Close()
 
 	// Sizes as a fan-out writes them: frames of equal packets and a short
@@ -186,9 +186,7 @@ func TestBatchConnSegments(t *testing.T) {
 			s := b.free[len(b.free)-1]
 			b.free = b.free[:len(b.free)-1]
 			s.n = copy(s.buf[:], p)
-			dst := recv[to].LocalAddr().(*net.UDPAddr).AddrPort()
-			s.dst, s.ip = dst, dst.Addr().As16()
-			s.addr = net.UDPAddr{IP: s.ip[12:16], Port: int(dst.Port())}
+			s.dst = recv[to].LocalAddr().(*net.UDPAddr).AddrPort()
 			b.pending = append(b.pending, s)
 		}
 	}
@@ -244,7 +242,7 @@ func benchFanout(b *testing.B, gso bool) {
 	}
 	uc, _ := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	growBuffers(uc)
-	bc := newBatchConn(uc)
+	bc := newBatchConn(uc, -1)
 	defer bc.Close()
 	bc.gso.Store(bc.gso.Load() && gso)
 	frame := [][]byte{make([]byte, 1200), make([]byte, 1200), make([]byte, 1200), make([]byte, 1200), make([]byte, 1200), make([]byte, 1200), make([]byte, 700)}

@@ -3,7 +3,6 @@ package peer
 import (
 	"encoding/binary"
 	"errors"
-	"net"
 	"syscall"
 	"unsafe"
 )
@@ -18,22 +17,14 @@ const gsoCmsgSpace = 32
 
 var gsoCmsgLen = syscall.CmsgSpace(2)
 
-// gsoSupported reports whether the kernel knows UDP_SEGMENT on c's socket
-// (Linux 4.18 and later).
-func gsoSupported(c *net.UDPConn) bool {
+// gsoSupported reports whether the kernel knows UDP_SEGMENT on the socket
+// fd (Linux 4.18 and later).
+func gsoSupported(fd int) bool {
 	if gsoCmsgLen > gsoCmsgSpace {
 		return false
 	}
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return false
-	}
-	ok := false
-	raw.Control(func(fd uintptr) {
-		_, err := syscall.GetsockoptInt(int(fd), syscall.IPPROTO_UDP, udpSegment)
-		ok = err == nil
-	})
-	return ok
+	_, err := syscall.GetsockoptInt(fd, syscall.IPPROTO_UDP, udpSegment)
+	return err == nil
 }
 
 // putSegmentSize writes into b a UDP_SEGMENT control message for segments

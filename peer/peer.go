@@ -286,8 +286,12 @@ type SocketStats struct {
 	// was full (a burst beyond batchSlots) or the kernel refused them.
 	Packets, Dropped uint64
 	// Syscalls counts sendmmsg calls; Segmented the UDP GSO messages among
-	// the messages they carried (each several packets to one address).
-	Syscalls, Segmented uint64
+	// the messages they carried (each several packets to one address),
+	// and SegmentedPackets the packets in those.
+	Syscalls, Segmented, SegmentedPackets uint64
+	// UnroutedDropped counts datagrams for pion's sessions (publishers)
+	// dropped at a full queue.
+	UnroutedDropped uint64
 	// GSO is whether the socket still segments (it stops after an error).
 	GSO bool
 }
@@ -301,6 +305,8 @@ func (e *Engine) SocketStats() SocketStats {
 		st.Dropped += u.dropped.Load()
 		st.Syscalls += u.batches.Load()
 		st.Segmented += u.gsoMsgs.Load()
+		st.SegmentedPackets += u.gsoPackets.Load()
+		st.UnroutedDropped += u.toPionDropped.Load()
 		st.GSO = st.GSO || u.gso.Load()
 	}
 	return st
@@ -381,7 +387,7 @@ func (e *Engine) listenUDP(listen string, lf *slogFactory) error {
 	port := addr.Port
 	var muxes []ice.UDPMux
 	for _, ip := range ips {
-		uc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: ip, Port: port})
+		uc, err := listenReusePort(&net.UDPAddr{IP: ip, Port: port})
 		if err != nil {
 			return fmt.Errorf("webrtc: listen udp %s: %w", ip, err)
 		}
@@ -390,7 +396,11 @@ func (e *Engine) listenUDP(listen string, lf *slogFactory) error {
 			e.log.Warn("UDP receive buffer is small; raise net.core.rmem_max to avoid packet loss under load",
 				"bytes", got, "wanted", socketBuffer)
 		}
-		s := newSocket(uc, &e.routes)
+		wfd, err := openWriteSocket(uc)
+		if err != nil {
+			e.log.Info("UDP port without a write-only socket; sends wake the network poller", "error", err)
+		}
+		s := newSocket(uc, wfd, &e.routes)
 		e.udp = append(e.udp, s)
 		muxes = append(muxes, ice.NewUDPMuxDefault(ice.UDPMuxParams{Logger: lf.NewLogger("ice-udp"), UDPConn: s.pion}))
 	}

@@ -46,6 +46,25 @@ func (p Path) Write(b []byte) error {
 	return ErrNoPath
 }
 
+// Queue is Write for a burst: on UDP the packet waits in the socket's
+// queue until Flush (which the caller owes), so that a burst costs one
+// wake-up and leaves as one GSO run. On ICE-TCP it is Write.
+func (p Path) Queue(b []byte) error {
+	if p.udp != nil {
+		p.udp.Queue(b, p.addr)
+		return nil
+	}
+	return p.Write(b)
+}
+
+// Flush sends what Queue queued on the path's socket (with whatever else
+// is queued there), on the caller's goroutine.
+func (p Path) Flush() {
+	if p.udp != nil {
+		p.udp.Flush()
+	}
+}
+
 // Addr is the peer's address.
 func (p Path) Addr() netip.AddrPort { return p.addr }
 

@@ -1,8 +1,11 @@
 package peer
 
 import (
+	"log/slog"
+	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pion/stun/v4"
 )
@@ -98,3 +101,59 @@ func TestRoutes(t *testing.T) {
 type countHandler struct{ n int }
 
 func (c *countHandler) HandlePacket([]byte, Path) { c.n++ }
+
+// TestWriteSocket: the port's written socket (sendsock.go) receives
+// nothing: datagrams from many source ports all reach the read socket's
+// routes, and what a path writes arrives from the port's address.
+func TestWriteSocket(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Listen, cfg.TCP = "127.0.0.1:0", false
+	e, err := New(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if e.udp[0].wfd < 0 {
+		t.Fatal("no written socket on this kernel")
+	}
+	h := &echoHandler{got: make(chan Path, 1024)}
+	if !e.Claim("frag", h) {
+		t.Fatal("claim")
+	}
+	check := stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.NewUsername("frag:x")).Raw
+	const senders = 64 // source ports spread over the reuseport hash
+	conns := make([]*net.UDPConn, senders)
+	for i := range conns {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns[i] = c
+		if _, err := c.WriteTo(check, e.UDPAddr()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range senders {
+		select {
+		case p := <-h.got:
+			if err := p.Write([]byte("pong")); err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%d of %d datagrams reached the read socket", i, senders)
+		}
+	}
+	for _, c := range conns {
+		buf := make([]byte, 16)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, from, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil || string(buf[:n]) != "pong" || from != e.UDPAddr().(*net.UDPAddr).AddrPort() {
+			t.Fatalf("reply %q from %v (%v), want pong from %v", buf[:n], from, err, e.UDPAddr())
+		}
+	}
+}
+
+type echoHandler struct{ got chan Path }
+
+func (h *echoHandler) HandlePacket(_ []byte, p Path) { h.got <- p }

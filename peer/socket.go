@@ -1,12 +1,15 @@
 package peer
 
 import (
-	"errors"
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // socket is one of the engine's UDP sockets: writes batched by batchConn,
@@ -32,8 +35,8 @@ const maxDatagram = 8192
 // goroutine takes to come back for the next one.
 const pionQueue = 1024
 
-func newSocket(c *net.UDPConn, r *routes) *socket {
-	s := &socket{batchConn: newBatchConn(c), routes: r, done: make(chan struct{})}
+func newSocket(c *net.UDPConn, wfd int, r *routes) *socket {
+	s := &socket{batchConn: newBatchConn(c, wfd), routes: r, done: make(chan struct{})}
 	s.pion = &pionConn{s: s, queue: make(chan datagram, pionQueue), closed: make(chan struct{})}
 	go s.read()
 	return s
@@ -42,27 +45,83 @@ func newSocket(c *net.UDPConn, r *routes) *socket {
 // read is the socket's one reader; it ends when the socket is closed.
 func (s *socket) read() {
 	defer close(s.done)
-	buf := make([]byte, maxDatagram)
+	defer s.pion.Close()
+	r := &receiver{}
+	r.recv = r.recvmmsg
+	for i := range r.msgs {
+		r.iov[i] = unix.Iovec{Base: &r.bufs[i][0]}
+		r.iov[i].SetLen(maxDatagram)
+	}
 	for {
-		n, addr, err := s.UDPConn.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				s.pion.Close()
-				return
-			}
+		r.reset()
+		if err := s.raw.Read(r.recv); err != nil {
+			return // the socket is closed
+		}
+		if r.err != nil {
 			continue // e.g. ECONNREFUSED from an earlier send: the socket goes on
 		}
-		if n == 0 {
-			continue
+		for i := range r.n {
+			m := &r.msgs[i]
+			if m.len == 0 || m.hdr.Flags&unix.MSG_TRUNC != 0 {
+				continue
+			}
+			b := r.bufs[i][:m.len]
+			name := &r.names[i]
+			port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&name.Port))[:])
+			addr := netip.AddrPortFrom(netip.AddrFrom4(name.Addr), port)
+			p := Path{udp: s, addr: addr}
+			if h := s.routes.route(b, p); h != nil {
+				h.HandlePacket(b, p)
+				continue
+			}
+			s.pion.deliver(b, addr)
 		}
-		addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
-		p := Path{udp: s, addr: addr}
-		if h := s.routes.route(buf[:n], p); h != nil {
-			h.HandlePacket(buf[:n], p)
-			continue
-		}
-		s.pion.deliver(buf[:n], addr)
 	}
+}
+
+// recvBatch is how many datagrams one recvmmsg(2) may take.
+const recvBatch = 16
+
+// receiver is the reading goroutine's scratch space: the kernel's message
+// headers (struct mmsghdr) over fixed buffers.
+type receiver struct {
+	msgs  [recvBatch]mmsghdr
+	iov   [recvBatch]unix.Iovec
+	names [recvBatch]unix.RawSockaddrInet4
+	bufs  [recvBatch][maxDatagram]byte
+	recv  func(fd uintptr) bool // recvmmsg, for RawConn.Read
+	n     int
+	err   error
+}
+
+// reset readies the headers for another call.
+func (r *receiver) reset() {
+	for i := range r.msgs {
+		r.msgs[i] = mmsghdr{}
+		r.msgs[i].hdr.Name = (*byte)(unsafe.Pointer(&r.names[i]))
+		r.msgs[i].hdr.Namelen = unix.SizeofSockaddrInet4
+		r.msgs[i].hdr.Iov = &r.iov[i]
+		r.msgs[i].hdr.SetIovlen(1)
+	}
+	r.n, r.err = 0, nil
+}
+
+// recvmmsg takes what datagrams are queued, without waiting: a raw system
+// call, for the reason batchConn's sendmmsg is one (a system call the
+// scheduler sees wakes its monitor thread whenever the process was idle,
+// which between two frames it is). It reports false, to be called again
+// once the socket is readable, when nothing is queued.
+func (r *receiver) recvmmsg(fd uintptr) bool {
+	n, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.msgs[0])), recvBatch, unix.MSG_DONTWAIT, 0, 0)
+	if e == unix.EAGAIN {
+		return false
+	}
+	if e != 0 {
+		r.err = e
+		return true
+	}
+	r.n = int(n)
+	return true
 }
 
 // Close stops the socket and waits for its reader.

@@ -147,15 +147,23 @@ type result struct {
 
 	ServerCPUms     float64 `json:"server_cpu_ms"`
 	CPUmsPerViewerS float64 `json:"cpu_ms_per_viewer_s"`
-	MarginalCPUms   float64 `json:"marginal_cpu_ms_per_viewer_s"`
-	PubOnlyCPUPct   float64 `json:"pub_only_cpu_pct"`
-	ServerCPUPct    float64 `json:"server_cpu_pct"`
-	LoadtoolCPUPct  float64 `json:"loadtool_cpu_pct"`
-	HostBusyPct     float64 `json:"host_busy_pct"`
-	RSSBaselineKiB  int64   `json:"rss_baseline_kib"`
-	RSSEndKiB       int64   `json:"rss_end_kib"`
-	HWMKiB          int64   `json:"rss_peak_kib"`
-	RSSKiBPerViewer float64 `json:"rss_kib_per_viewer"`
+	// SysCPUmsPerViewerS is the kernel's share of CPUmsPerViewerS (stime):
+	// on loopback it includes delivering every datagram to the viewers'
+	// sockets, which a real network card's receivers would do elsewhere.
+	SysCPUmsPerViewerS float64 `json:"sys_cpu_ms_per_viewer_s"`
+	// The shared WebRTC socket over the window, from the server's metrics:
+	// datagrams per sendmmsg(2) call, and per message (UDP GSO runs).
+	PacketsPerSyscall float64 `json:"packets_per_syscall"`
+	PacketsPerMessage float64 `json:"packets_per_message"`
+	MarginalCPUms     float64 `json:"marginal_cpu_ms_per_viewer_s"`
+	PubOnlyCPUPct     float64 `json:"pub_only_cpu_pct"`
+	ServerCPUPct      float64 `json:"server_cpu_pct"`
+	LoadtoolCPUPct    float64 `json:"loadtool_cpu_pct"`
+	HostBusyPct       float64 `json:"host_busy_pct"`
+	RSSBaselineKiB    int64   `json:"rss_baseline_kib"`
+	RSSEndKiB         int64   `json:"rss_end_kib"`
+	HWMKiB            int64   `json:"rss_peak_kib"`
+	RSSKiBPerViewer   float64 `json:"rss_kib_per_viewer"`
 	// What the RSS holds, from the server's own counters: the live Go heap
 	// after a forced collection (HeapAlloc), goroutine stacks and
 	// goroutines, each the growth from the baseline per connected viewer.
@@ -377,7 +385,7 @@ func hostInfo(server string) host {
 
 // oneRun starts a server, loads it and measures it.
 func oneRun(ctx context.Context, c config, h host, tmp string, n int) (r result) {
-	r = result{Run: n, ViewersRequested: c.Viewers, ServerViewers: -1, IngestVideoPackets: -1,
+	r = result{Run: n, ViewersRequested: c.Viewers, ServerViewers: -1, IngestVideoPackets: -1, PacketsPerSyscall: -1, PacketsPerMessage: -1,
 		EgressVideoPackets: -1, QueueDrops: -1, PktsDelivered: -1, FramesDelivered: -1}
 	fail := func(format string, args ...any) result {
 		r.Error = fmt.Sprintf(format, args...)
@@ -502,6 +510,7 @@ func oneRun(ctx context.Context, c config, h host, tmp string, n int) (r result)
 	r.WindowSeconds = win
 	r.ServerCPUms = 1000 * float64(b.serverTicks-a.serverTicks) / tick
 	r.CPUmsPerViewerS = r.ServerCPUms / (nv * win)
+	r.SysCPUmsPerViewerS = 1000 * float64(b.serverSysTicks-a.serverSysTicks) / tick / (nv * win)
 	r.MarginalCPUms = (r.ServerCPUms - r.PubOnlyCPUPct*10*win) / (nv * win) // pct*10 = ms per second
 	r.ServerCPUPct = 100 * float64(b.serverTicks-a.serverTicks) / tick / win
 	r.LoadtoolCPUPct = 100 * float64(b.selfTicks-a.selfTicks) / tick / win
@@ -531,14 +540,15 @@ func oneRun(ctx context.Context, c config, h host, tmp string, n int) (r result)
 				r.EgressVideoPackets = e1 - e0
 			}
 		}
+		r.PacketsPerSyscall, r.PacketsPerMessage = socketBatching(ms0, ms1)
 		d0, ok0 := metricSum(ms0, "cascade_viewer_queue_drops_total", `stream="`+streamName+`"`)
 		d1, ok1 := metricSum(ms1, "cascade_viewer_queue_drops_total", `stream="`+streamName+`"`)
 		if ok0 && ok1 {
 			r.QueueDrops = d1 - d0
 		}
 	}
-	logf("run %d: server %.0f%% cpu, %.3f ms/viewer-s, %.1f KiB/viewer (live heap %.1f, stacks %.1f, %.1f goroutines), frames %.3f, packets %s, others %.2f cores",
-		n, r.ServerCPUPct, r.CPUmsPerViewerS, r.RSSKiBPerViewer, r.LiveHeapKiBPerViewer, r.StackKiBPerViewer, r.GoroutinesPerViewer,
+	logf("run %d: server %.0f%% cpu, %.3f ms/viewer-s (%.3f in the kernel), %.1f KiB/viewer (live heap %.1f, stacks %.1f, %.1f goroutines), frames %.3f, packets %s, others %.2f cores",
+		n, r.ServerCPUPct, r.CPUmsPerViewerS, r.SysCPUmsPerViewerS, r.RSSKiBPerViewer, r.LiveHeapKiBPerViewer, r.StackKiBPerViewer, r.GoroutinesPerViewer,
 		r.FramesDelivered, fmtRatio(r.PktsDelivered), r.OthersCores)
 	return r
 }
@@ -547,6 +557,7 @@ func oneRun(ctx context.Context, c config, h host, tmp string, n int) (r result)
 type snapshot struct {
 	at                     time.Time
 	serverTicks, selfTicks int64
+	serverSysTicks         int64
 	hostTotal, hostIdle    int64
 	pubFrames, probeFrames int64
 	viewerPackets          int64
@@ -555,9 +566,11 @@ type snapshot struct {
 
 func sample(pid int, pub *mediatest.Publisher, probe *mediatest.Viewer, viewers []*mediatest.Viewer) (s snapshot) {
 	s.at = time.Now()
-	if s.serverTicks, s.err = procCPU(pid); s.err != nil {
+	var user int64
+	if user, s.serverSysTicks, s.err = procCPUSplit(pid); s.err != nil {
 		return s
 	}
+	s.serverTicks = user + s.serverSysTicks
 	if s.selfTicks, s.err = procCPU(os.Getpid()); s.err != nil {
 		return s
 	}

@@ -14,26 +14,32 @@ import (
 
 // procCPU is utime+stime of a process, in clock ticks.
 func procCPU(pid int) (int64, error) {
+	u, s, err := procCPUSplit(pid)
+	return u + s, err
+}
+
+// procCPUSplit is utime and stime of a process, in clock ticks.
+func procCPUSplit(pid int) (user, sys int64, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	// The command name (field 2) is in parentheses and may hold spaces.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+		return 0, 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
 	}
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+		return 0, 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
 	}
 	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
 	ut, err1 := strconv.ParseInt(f[11], 10, 64)
 	st, err2 := strconv.ParseInt(f[12], 10, 64)
 	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: %v", pid, err)
+		return 0, 0, fmt.Errorf("/proc/%d/stat: %v", pid, err)
 	}
-	return ut + st, nil
+	return ut, st, nil
 }
 
 // procRSS returns VmRSS and VmHWM in KiB.

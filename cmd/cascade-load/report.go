@@ -52,6 +52,9 @@ func median(rs []result) (result, bool) {
 	m.WindowSeconds = f(func(r result) float64 { return r.WindowSeconds })
 	m.ServerCPUms = f(func(r result) float64 { return r.ServerCPUms })
 	m.CPUmsPerViewerS = f(func(r result) float64 { return r.CPUmsPerViewerS })
+	m.SysCPUmsPerViewerS = f(func(r result) float64 { return r.SysCPUmsPerViewerS })
+	m.PacketsPerSyscall = o(func(r result) float64 { return r.PacketsPerSyscall })
+	m.PacketsPerMessage = o(func(r result) float64 { return r.PacketsPerMessage })
 	m.MarginalCPUms = f(func(r result) float64 { return r.MarginalCPUms })
 	m.PubOnlyCPUPct = f(func(r result) float64 { return r.PubOnlyCPUPct })
 	m.ServerCPUPct = f(func(r result) float64 { return r.ServerCPUPct })
@@ -127,6 +130,8 @@ func printTable(w io.Writer, c config, h host, rs []result, med result, ok bool)
 	}
 	fmt.Fprintf(w, "median: server %.0f%% of a core with the publisher alone, %.0f%% with viewers; marginal %.3f ms per viewer-second; RSS %d -> %d KiB (peak %d); queue drops %s\n",
 		med.PubOnlyCPUPct, med.ServerCPUPct, med.MarginalCPUms, med.RSSBaselineKiB, med.RSSEndKiB, med.HWMKiB, fmtCount(med.QueueDrops))
+	fmt.Fprintf(w, "median cpu per viewer-second: %.3f ms in the kernel (on loopback that includes delivering to the viewers), %.3f in user space; socket: %.1f datagrams per sendmmsg, %.1f per message\n",
+		med.SysCPUmsPerViewerS, med.CPUmsPerViewerS-med.SysCPUmsPerViewerS, med.PacketsPerSyscall, med.PacketsPerMessage)
 	if med.LiveHeapKiBPerViewer >= 0 {
 		fmt.Fprintf(w, "median per viewer: live heap %.1f KiB, goroutine stacks %.1f KiB, %.1f goroutines (the rest of the RSS is GC headroom)\n",
 			med.LiveHeapKiBPerViewer, med.StackKiBPerViewer, med.GoroutinesPerViewer)

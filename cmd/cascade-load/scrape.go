@@ -143,3 +143,31 @@ func sscan(s, format string, v *int64) bool {
 	n, err := fmt.Sscanf(s, format, v)
 	return n == 1 && err == nil
 }
+
+// socketBatching is, between two scrapes, the datagrams the shared socket
+// sent per sendmmsg(2) call and per message (a UDP GSO run is one message
+// of several datagrams); -1 where not known.
+func socketBatching(ms0, ms1 string) (perCall, perMessage float64) {
+	perCall, perMessage = -1, -1
+	delta := func(name string) (float64, bool) {
+		a, ok0 := metricSum(ms0, name)
+		b, ok1 := metricSum(ms1, name)
+		return b - a, ok0 && ok1
+	}
+	sent, ok1 := delta("cascade_udp_packets_sent_total")
+	calls, ok2 := delta("cascade_udp_send_syscalls_total")
+	gso, ok3 := delta("cascade_udp_gso_messages_total")
+	if !ok1 || !ok2 || calls <= 0 {
+		return
+	}
+	perCall = sent / calls
+	if ok3 {
+		// Messages: each GSO run is one, every other datagram its own.
+		if gsoPackets, ok := delta("cascade_udp_gso_packets_total"); ok {
+			if msgs := gso + (sent - gsoPackets); msgs > 0 {
+				perMessage = sent / msgs
+			}
+		}
+	}
+	return
+}

@@ -82,6 +82,9 @@ type output struct {
 	kind  string
 	track *track
 
+	// wake is the session's channel its subscriptions signal.
+	wake chan struct{}
+
 	// Owned by the writer goroutine.
 	sub     *media.Subscriber
 	name    string // the rendition being sent ("" for audio)
@@ -147,7 +150,7 @@ func newOutput(kind string, hub *media.Hub, track *track) *output {
 	if kind != "video" {
 		n = audioRing
 	}
-	return &output{kind: kind, hub: hub, track: track, ring: make([]sent, n)}
+	return &output{kind: kind, hub: hub, track: track, ring: make([]sent, n), wake: make(chan struct{}, 1)}
 }
 
 // slot is where viewer sequence number seq is remembered in the ring.
@@ -348,7 +351,7 @@ func (o *output) prepare(hub *media.Hub, name string, early bool) {
 		o.next.Close()
 	}
 	o.next, o.nextHub, o.nextFor = nil, nil, ""
-	sub := hub.SubscribeLive()
+	sub := hub.SubscribeWith(o.wake, true)
 	if sub == nil {
 		return // the hub closed meanwhile
 	}
@@ -461,6 +464,7 @@ func (o *output) batchRate(buf []media.Entry) int {
 func (o *output) wait(i, size, rate int) {
 	if rate <= 0 {
 		if i > 0 && i%burstPackets == 0 {
+			o.track.flush() // what is queued goes before the pause
 			time.Sleep(burstGap)
 		}
 		return
@@ -468,6 +472,7 @@ func (o *output) wait(i, size, rate int) {
 	if o.tokens < size {
 		o.refill(time.Now(), rate)
 		if o.tokens < size {
+			o.track.flush()
 			// Bounded, whatever the rate: the writer serves audio too.
 			time.Sleep(min(time.Duration(int64(size-o.tokens+paceChunk)*int64(time.Second)/int64(rate)), maxPaceSleep))
 			o.refill(time.Now(), rate)

@@ -214,6 +214,7 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 	}
 	s := &session{
 		e: e, t: t, stream: o.Stream, src: src, done: make(chan struct{}), heard: make(chan struct{}), started: time.Now(),
+		wake:  make(chan struct{}, 1),
 		ended: o.Ended, evSubs: map[chan wish.Event]struct{}{},
 		log: e.log.With("stream", o.Stream, "remote", o.Remote),
 		rc: rtcpCounters{nacks: e.m.nacks.WithLabelValues(o.Stream), retransmits: e.m.retransmits.WithLabelValues(o.Stream),
@@ -243,7 +244,7 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 	// Subscribe last: from here on the hubs queue packets for this viewer.
 	for _, out := range []*output{s.video, s.audio} {
 		if out != nil {
-			if out.sub = out.hub.Subscribe(); out.sub == nil {
+			if out.sub = out.hub.SubscribeWith(s.wake, false); out.sub == nil {
 				s.abort()
 				return nil, "", wish.ErrNotFound // the stream ended meanwhile
 			}
@@ -267,6 +268,7 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 // newOutput is the output of track tr, sending hub.
 func (s *session) newOutput(tr *lite.Track, hub *media.Hub) *output {
 	o := newOutput(tr.Kind, hub, &track{w: s.t, tr: tr})
+	o.wake = s.wake
 	m := s.e.m
 	o.packets = m.packets.WithLabelValues(s.stream, o.kind)
 	o.bytes = countingCounter{m.bytes.WithLabelValues(s.stream, o.kind), &s.e.egress}
@@ -306,6 +308,8 @@ type session struct {
 	refused   lite.Stats // the transport's refusals counted so far (writer goroutine)
 	connected bool       // DTLS is done (writer goroutine)
 	done      chan struct{}
+	// wake is signalled by every subscription of the session.
+	wake      chan struct{}
 	closeOnce sync.Once
 	ended     func() // tells the resource table; may be nil
 	wg        sync.WaitGroup
@@ -502,6 +506,12 @@ const abrTick = 100 * time.Millisecond
 
 // write is the viewer's one writer: it drains the subscriptions, switches
 // renditions at keyframes, pads probes, and checks the session's timers.
+//
+// Every subscription of the session signals one wake channel, so one
+// select case serves them all, and the controller's tick runs on the
+// wake-up of a frame that finds it due: a timer fires only when media
+// stops. Each is a goroutine wake-up fewer per viewer, tens of thousands
+// a second on a busy node.
 func (s *session) write() {
 	defer s.wg.Done()
 	defer func() {
@@ -513,7 +523,7 @@ func (s *session) write() {
 		s.abr.closed(s)
 		s.countRejected() // what came in since the last second's count
 	}()
-	tick := time.NewTicker(abrTick)
+	tick := time.NewTimer(abrTick)
 	defer tick.Stop()
 	// Until DTLS is done the hubs queue for us, so the cached GOP that
 	// starts this viewer on a keyframe is not lost.
@@ -533,6 +543,7 @@ func (s *session) write() {
 				go s.Close()
 				return
 			}
+			tick.Reset(abrTick)
 		}
 	}
 	// DTLS being done on our side does not mean the peer's SRTP receivers
@@ -547,92 +558,124 @@ func (s *session) write() {
 	case <-time.After(listenWait):
 	}
 	s.abr.started(time.Now())
-	buf := make([]media.Entry, 0, keptEntries)
-	var probe *time.Ticker
-	var probeC <-chan time.Time
-	defer func() {
-		if probe != nil {
-			probe.Stop()
-		}
-	}()
-	ticks := 0
+	w := writer{buf: make([]media.Entry, 0, keptEntries), nextTick: time.Now().Add(abrTick)}
+	defer w.stopProbe()
+	tick.Reset(abrTick)
 	for {
-		var vWake, vDone, nWake, aWake, aDone <-chan struct{}
-		if v := s.video; v != nil {
-			if v.sub != nil {
-				vWake, vDone = v.sub.Wake(), v.sub.Done()
-			}
-			if v.next != nil {
-				nWake = v.next.Wake()
-			}
-		}
-		if a := s.audio; a != nil {
-			aWake, aDone = a.sub.Wake(), a.sub.Done()
-		}
-		if cap(buf) > keptEntries {
+		if cap(w.buf) > keptEntries {
 			// A burst (a joining viewer's cached GOP, a backlog behind the
 			// pacer) grew it: let that go rather than keep it per viewer.
-			buf = make([]media.Entry, 0, keptEntries)
+			w.buf = make([]media.Entry, 0, keptEntries)
 		}
-		var n int
+		// What the last round queued goes now, as one burst, before the
+		// writer waits again.
+		s.t.Flush()
+		var now time.Time
 		select {
 		case <-s.done:
 			return
 		case <-s.t.Done():
 			s.transportEnded()
 			return
-		case <-aDone:
-			s.log.Info("stream ended")
-			go s.Close()
-			return
-		case <-vDone:
-			// The rung's hub closed: the ladder was re-planned, or the
-			// stream ended. Move to what the ladder has now.
-			s.video.pause()
-			if !s.abr.rungGone(time.Now(), s) {
-				s.log.Info("stream ended")
+		case <-s.wake:
+			if !s.serve(&w) {
 				go s.Close()
 				return
 			}
-		case <-vWake:
-			buf, n, _ = s.video.drain(buf)
-			s.abr.sent(time.Now(), n, s)
-		case <-nWake:
+			if now = time.Now(); now.Before(w.nextTick) {
+				continue
+			}
+		case now = <-w.probeC:
+			s.abr.pad(now, s.video)
+			continue
+		case now = <-tick.C:
+		}
+		if !s.tick(&w, now) {
+			go s.Close()
+			return
+		}
+		tick.Reset(abrTick)
+	}
+}
+
+// writer is the write goroutine's state between rounds.
+type writer struct {
+	buf      []media.Entry
+	nextTick time.Time
+	ticks    int
+	probe    *time.Ticker // while the controller probes
+	probeC   <-chan time.Time
+}
+
+func (w *writer) stopProbe() {
+	if w.probe != nil {
+		w.probe.Stop()
+		w.probe, w.probeC = nil, nil
+	}
+}
+
+// serve sends what the subscriptions queued and completes a pending
+// switch. It reports false when the stream has ended.
+func (s *session) serve(w *writer) bool {
+	var n int
+	if a := s.audio; a != nil && a.sub.Closed() {
+		s.log.Info("stream ended")
+		return false
+	}
+	if v := s.video; v != nil {
+		if v.sub != nil && v.sub.Closed() {
+			// The rung's hub closed: the ladder was re-planned, or the
+			// stream ended. Move to what the ladder has now.
+			v.pause()
+			if !s.abr.rungGone(time.Now(), s) {
+				s.log.Info("stream ended")
+				return false
+			}
+		}
+		if v.next != nil {
 			var switched bool
-			buf, switched, n, _ = s.video.trySwitch(buf)
+			w.buf, switched, n, _ = v.trySwitch(w.buf)
 			now := time.Now()
 			s.abr.sent(now, n, s)
 			if switched {
 				s.abr.switched(now, s)
 			}
-		case <-aWake:
-			buf, n, _ = s.audio.drain(buf)
-			s.abr.onSent(time.Now(), n)
-		case now := <-probeC:
-			s.abr.pad(now, s.video)
-		case now := <-tick.C:
-			if s.video != nil {
-				probing := s.abr.tick(now, s)
-				switch {
-				case probing && probe == nil:
-					probe = time.NewTicker(padEvery)
-					probeC = probe.C
-				case !probing && probe != nil:
-					probe.Stop()
-					probe, probeC = nil, nil
-				}
-			}
-			if ticks++; ticks%10 == 0 {
-				s.sendReports(now)
-				s.countRejected()
-				if reason := s.expired(now); reason != "" {
-					s.log.Warn("closing viewer", "reason", reason)
-					go s.Close()
-					return
-				}
-			}
+		}
+		if v.sub != nil {
+			w.buf, n, _ = v.drain(w.buf)
+			s.abr.sent(time.Now(), n, s)
 		}
 	}
+	if a := s.audio; a != nil {
+		w.buf, n, _ = a.drain(w.buf)
+		s.abr.onSent(time.Now(), n)
+	}
+	return true
+}
+
+// tick runs the controller every abrTick and the session's once-a-second
+// duties every tenth tick. It reports false when the session must close.
+func (s *session) tick(w *writer, now time.Time) bool {
+	w.nextTick = now.Add(abrTick)
+	if s.video != nil {
+		probing := s.abr.tick(now, s)
+		switch {
+		case probing && w.probe == nil:
+			w.probe = time.NewTicker(padEvery)
+			w.probeC = w.probe.C
+		case !probing && w.probe != nil:
+			w.stopProbe()
+		}
+	}
+	if w.ticks++; w.ticks%10 == 0 {
+		s.sendReports(now)
+		s.countRejected()
+		if reason := s.expired(now); reason != "" {
+			s.log.Warn("closing viewer", "reason", reason)
+			return false
+		}
+	}
+	return true
 }
 
 // transportEnded closes the session whose transport ended by itself (the

@@ -20,10 +20,12 @@ func (c *captureWriter) WriteRTP(_ *lite.Track, h *rtp.Header, _ []byte) error {
 	c.seqs = append(c.seqs, h.SequenceNumber)
 	return nil
 }
+func (c *captureWriter) Flush() {}
 
 type discardWriter struct{}
 
 func (discardWriter) WriteRTP(*lite.Track, *rtp.Header, []byte) error { return nil }
+func (discardWriter) Flush()                                          {}
 
 // twccWriter does to each header what the transport does (it sets the
 // transport-wide sequence number, with a payload of its own), then
@@ -33,6 +35,7 @@ type twccWriter struct{ ext []byte }
 func (w twccWriter) WriteRTP(_ *lite.Track, h *rtp.Header, _ []byte) error {
 	return h.SetExtension(3, w.ext)
 }
+func (twccWriter) Flush() {}
 
 func testOutput(w rtpWriter) *output {
 	o := newOutput("video", media.NewHub(media.DefaultHubConfig(media.Video, "H264", 90000)),
@@ -157,6 +160,7 @@ func (c *seqTSWriter) WriteRTP(_ *lite.Track, h *rtp.Header, _ []byte) error {
 	c.hdrs = append(c.hdrs, *h)
 	return nil
 }
+func (c *seqTSWriter) Flush() {}
 
 // TestSwitchAtKeyframe moves a viewer between two aligned rungs: the old
 // rung flows until the new one's keyframe, nothing of the old rung at or

@@ -193,6 +193,7 @@ func TestTransportDeliversToPion(t *testing.T) {
 				if err := tr.WriteRTP(tk, &h, payload); err != nil {
 					t.Fatal(err)
 				}
+				tr.Flush()
 				select {
 				case p := <-v.packets:
 					got[p.SSRC]++
@@ -561,6 +562,7 @@ func TestBWEOverTransport(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		tr.Flush()
 		if r := bwe.TargetBitrate(); r > 0 {
 			seen[r] = true
 		}

@@ -319,10 +319,11 @@ func (t *Transport) selectedPath() peer.Path {
 // SelectedPath is the path the viewer nominated, or the zero Path.
 func (t *Transport) SelectedPath() peer.Path { return t.selectedPath() }
 
-// WriteRTP sends one packet of tr. It sets h's SSRC, payload type and
-// transport-wide sequence number (so h's extension list is reused from
-// call to call, and is best kept by the caller); payload includes any
-// padding h declares. It never blocks on the network.
+// WriteRTP queues one packet of tr; Flush sends what is queued. It sets
+// h's SSRC, payload type and transport-wide sequence number (so h's
+// extension list is reused from call to call, and is best kept by the
+// caller); payload includes any padding h declares. It never blocks on the
+// network.
 func (t *Transport) WriteRTP(tr *Track, h *rtp.Header, payload []byte) error {
 	t.outMu.Lock()
 	defer t.outMu.Unlock()
@@ -357,8 +358,13 @@ func (t *Transport) WriteRTP(tr *Track, h *rtp.Header, payload []byte) error {
 	}
 	tr.packets.Add(1)
 	tr.octets.Add(uint32(len(payload)))
-	return path.Write(pkt)
+	return path.Queue(pkt)
 }
+
+// Flush sends the packets WriteRTP queued (with whatever else waits on the
+// socket), on the caller's goroutine. A writer calls it once per burst: a
+// frame, or before it sleeps to pace.
+func (t *Transport) Flush() { t.selectedPath().Flush() }
 
 // srtpTrailer is the most SRTP adds to a packet: a 16-byte AEAD tag (an
 // HMAC-SHA1-80 tag is 10), and SRTCP's 4-byte index.
@@ -550,7 +556,8 @@ func (t *Transport) handleSRTCP(now time.Time, p []byte) {
 		t.bwe.ReadRTCP(now, plain)
 	}
 	if t.onRTCP != nil {
-		t.onRTCP(now, plain)
+		t.onRTCP(now, plain) // its retransmissions are queued
+		t.Flush()
 	}
 }
 
