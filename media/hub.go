@@ -35,7 +35,9 @@ func DefaultHubConfig(kind Kind, codec string, clockRate uint32) HubConfig {
 		c.QueueLen = 2048
 		c.GOPBytes = 4 << 20
 	} else {
-		c.QueueLen = 256
+		// 64 Opus packets are 1.3 s: a writer never falls that far
+		// behind without being cut off as too slow anyway.
+		c.QueueLen = 64
 	}
 	return c
 }
@@ -229,7 +231,8 @@ func (h *Hub) subscribe(wake chan struct{}, prime bool) *Subscriber {
 	// GOPs are a few hundred packets, and a ring per viewer is the hub's
 	// main memory cost.
 	size := min(h.cfg.QueueLen, max(minQueue, 2*len(h.gop)))
-	s.ring = make([]Entry, size)
+	s.ring = make([]*Packet, size)
+	s.resync = make([]uint64, (size+63)/64)
 	s.waitKey = h.cfg.Kind == Video
 	primed := false
 	if prime && h.gopValid && len(h.gop) > 0 {

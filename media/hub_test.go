@@ -287,3 +287,43 @@ func BenchmarkHubWrite(b *testing.B) {
 		})
 	}
 }
+
+// TestResyncFlagsOnlyTheGap: Resync marks the first packet after a gap and
+// no other, also once the ring has wrapped over the slot that carried it.
+func TestResyncFlagsOnlyTheGap(t *testing.T) {
+	h := NewHub(DefaultHubConfig(Audio, "opus", 48000))
+	defer h.Close()
+	s := h.Subscribe()
+	src := h.NewSource()
+	seq := uint16(0)
+	write := func(n int) {
+		for range n {
+			src.Write(&Packet{SequenceNumber: seq, Timestamp: uint32(seq) * 960, Payload: []byte{1}})
+			seq++
+		}
+	}
+	flagged := func(es []Entry) (n int) {
+		for _, e := range es {
+			if e.Resync {
+				n++
+			}
+		}
+		return n
+	}
+	ring := h.Config().QueueLen
+	write(ring / 2)
+	if got := s.Pop(nil); len(got) != ring/2 || flagged(got) != 0 {
+		t.Fatalf("%d packets, %d flagged; want %d, none", len(got), flagged(got), ring/2)
+	}
+	write(ring + 10) // a full ring: dropped, and the next packet follows a gap
+	got := s.Pop(nil)
+	if len(got) != 10 || !got[0].Resync || flagged(got) != 1 {
+		t.Fatalf("after a gap: %d packets, first flagged %v, %d flagged", len(got), len(got) > 0 && got[0].Resync, flagged(got))
+	}
+	for range 3 { // over every slot again, the flagged one included
+		write(ring - 1)
+		if got := s.Pop(nil); len(got) != ring-1 || flagged(got) != 0 {
+			t.Fatalf("%d packets, %d flagged after the ring wrapped; want %d, none", len(got), flagged(got), ring-1)
+		}
+	}
+}

@@ -24,8 +24,12 @@ type Subscriber struct {
 	dropped atomic.Uint64
 	resyncs atomic.Uint64
 
-	mu      sync.Mutex // guards the ring; held only to move pointers
-	ring    []Entry
+	mu sync.Mutex // guards the ring; held only to move pointers
+	// ring holds the queued packets, and resync a bit per slot: the
+	// entry's Resync. (An Entry per slot would double the ring, the hub's
+	// main memory cost per viewer.)
+	ring    []*Packet
+	resync  []uint64
 	head, n int
 	waitKey bool // skipping until the next keyframe
 	gap     bool // the next pushed packet follows a gap we made
@@ -64,7 +68,13 @@ func (s *Subscriber) push(p *Packet) {
 		}
 		s.waitKey = false
 	}
-	s.ring[(s.head+s.n)%len(s.ring)] = Entry{Packet: p, Resync: s.gap}
+	i := (s.head + s.n) % len(s.ring)
+	s.ring[i] = p
+	if s.gap {
+		s.resync[i/64] |= 1 << (i % 64)
+	} else {
+		s.resync[i/64] &^= 1 << (i % 64)
+	}
 	s.gap = false
 	s.n++
 	// Wake the writer once per video frame (its last packet carries the
@@ -115,9 +125,10 @@ func (s *Subscriber) Closed() bool {
 func (s *Subscriber) Pop(buf []Entry) []Entry {
 	s.mu.Lock()
 	for s.n > 0 {
-		buf = append(buf, s.ring[s.head])
-		s.ring[s.head] = Entry{}
-		s.head = (s.head + 1) % len(s.ring)
+		i := s.head
+		buf = append(buf, Entry{Packet: s.ring[i], Resync: s.resync[i/64]&(1<<(i%64)) != 0})
+		s.ring[i] = nil
+		s.head = (i + 1) % len(s.ring)
 		s.n--
 	}
 	s.mu.Unlock()

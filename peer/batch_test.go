@@ -206,6 +206,9 @@ func TestBatchConnSegments(t *testing.T) {
 			}
 		}
 	}
+	// The counters are updated once sendmmsg returns, which may be just
+	// after the receivers have read the last datagrams.
+	b.Close()
 	if b.gso.Load() && b.gsoMsgs.Load() == 0 {
 		t.Error("GSO is supported but no run was segmented")
 	}

@@ -207,6 +207,7 @@ func (l *tcpLink) write(b []byte) error {
 // buffers so that write never waits for the network.
 func (l *tcpLink) writeLoop() {
 	defer close(l.done)
+	defer l.c.Close()
 	var spare []byte
 	for range l.wake {
 		l.mu.Lock()
@@ -214,15 +215,16 @@ func (l *tcpLink) writeLoop() {
 		l.pending = spare[:0]
 		closed := l.closed
 		l.mu.Unlock()
+		if len(out) > 0 {
+			// What was queued before close goes out first (a DTLS
+			// close_notify, say), within the write timeout.
+			l.c.SetWriteDeadline(time.Now().Add(tcpWriteTimeout))
+			if _, err := l.c.Write(out); err != nil {
+				l.close()
+				return
+			}
+		}
 		if closed {
-			return
-		}
-		if len(out) == 0 {
-			continue
-		}
-		l.c.SetWriteDeadline(time.Now().Add(tcpWriteTimeout))
-		if _, err := l.c.Write(out); err != nil {
-			l.close()
 			return
 		}
 		spare = out
@@ -249,14 +251,13 @@ func (l *tcpLink) readLoop(p Path, r *routes) {
 	}
 }
 
-// close ends the link: the connection is closed and the writer stops.
-// Idempotent.
+// close ends the link: the writer sends what is queued, closes the
+// connection (which ends the reader) and stops. Idempotent.
 func (l *tcpLink) close() {
 	l.once.Do(func() {
 		l.mu.Lock()
 		l.closed = true
 		l.mu.Unlock()
-		l.c.Close()
 		select {
 		case l.wake <- struct{}{}:
 		default:

@@ -45,7 +45,7 @@ const (
 // older packets are gone from them anyway. A probe's padding takes up to
 // 2 000 numbers a second, so 1 024 cover about half a second while
 // probing (512 covered 250 ms, shorter than a receiver's NACK window),
-// at 24 bytes a slot.
+// at 12 bytes a slot.
 const sentRing = 1024
 
 // audioRing is the sent ring of an audio track: at 50 packets a second,
@@ -53,16 +53,47 @@ const sentRing = 1024
 // divide 2^16, so sequence numbers map to slots across their wrap.
 const audioRing = 128
 
-type sent struct {
-	hub   *media.Hub
-	tsOff uint32 // for padding (pad set): the packet's timestamp
+// sentSlot is one slot of the sent ring: the viewer sequence number vseq
+// carried hub packet hseq of the output's hub generation gen (see gens).
+// A pointer per slot would double its size.
+type sentSlot struct {
 	// rtxAt is when it was last retransmitted (clockMS), 0 if never.
 	rtxAt uint32
 	hseq  uint16
 	vseq  uint16
+	gen   uint8
+	flags uint8
+}
+
+const (
+	slotValid = 1 << iota
+	slotPad   // a padding-only packet: no hub packet
+	// slotNacked is set by the first NACK for it: later ones are repeats.
+	slotNacked
+)
+
+// hubGen is a hub the output has sent from, with the timestamp offset it
+// was sent with. A switch of rung starts a new generation.
+type hubGen struct {
+	hub   *media.Hub
+	tsOff uint32
+	gen   uint8
+}
+
+// genRing is how many generations slots can name: a slot whose generation
+// has been overwritten (eight switches later) is not answered.
+const genRing = 8
+
+// sent is a slot as a NACK sees it.
+type sent struct {
+	hub   *media.Hub // nil for padding, or a generation gone
+	tsOff uint32     // for padding (pad set): a timestamp to send it with
+	rtxAt uint32
+	hseq  uint16
+	vseq  uint16
 	valid bool
-	pad   bool // a padding-only packet: hub is nil
-	// nacked is set by the first NACK for it: later ones are repeats.
+	pad   bool
+	// nacked: a NACK asked for it before.
 	nacked bool
 }
 
@@ -120,9 +151,13 @@ type output struct {
 	srTS uint32
 	srAt time.Time
 
-	mu   sync.Mutex // guards ring and hub, for the RTCP reader
+	mu   sync.Mutex // guards ring, hub and gens, for the RTCP reader
 	hub  *media.Hub // the hub being sent
-	ring []sent     // sentRing or audioRing slots
+	ring []sentSlot // sentRing or audioRing slots
+	gens [genRing]hubGen
+	gen  uint8 // the generation being sent
+	// padTS is the timestamp of the latest padding, for repairs.
+	padTS atomic.Uint32
 	// resent counts the bytes of media the RTCP reader retransmitted,
 	// until the writer hands them to the controller as sent.
 	resent atomic.Int64
@@ -150,7 +185,9 @@ func newOutput(kind string, hub *media.Hub, track *track) *output {
 	if kind != "video" {
 		n = audioRing
 	}
-	return &output{kind: kind, hub: hub, track: track, ring: make([]sent, n), wake: make(chan struct{}, 1)}
+	o := &output{kind: kind, hub: hub, track: track, ring: make([]sentSlot, n), wake: make(chan struct{}, 1)}
+	o.gens[0] = hubGen{hub: hub}
+	return o
 }
 
 // slot is where viewer sequence number seq is remembered in the ring.
@@ -162,12 +199,18 @@ func (o *output) slot(seq uint16) int { return int(seq) & (len(o.ring) - 1) }
 func (o *output) where(vseq uint16) (sent, bool) {
 	o.mu.Lock()
 	r := &o.ring[o.slot(vseq)]
-	e := *r
-	mine := r.valid && r.vseq == vseq
-	if mine && !r.nacked {
-		r.nacked = true
+	mine := r.flags&slotValid != 0 && r.vseq == vseq
+	e := sent{rtxAt: r.rtxAt, hseq: r.hseq, vseq: r.vseq, valid: mine, pad: r.flags&slotPad != 0, nacked: r.flags&slotNacked != 0}
+	if mine {
+		r.flags |= slotNacked
+		if g := o.gens[r.gen%genRing]; !e.pad && g.gen == r.gen {
+			e.hub, e.tsOff = g.hub, g.tsOff
+		}
 	}
 	o.mu.Unlock()
+	if e.pad {
+		e.tsOff = o.padTS.Load()
+	}
 	if mine && !e.nacked {
 		o.nacked.Add(1)
 	}
@@ -184,11 +227,11 @@ func (o *output) where(vseq uint16) (sent, bool) {
 // whole, the padding of a probe that overflowed the link would overflow
 // it again. The receiver's SRTP replay check lets the repair through,
 // since the original never arrived.
-func (o *output) lookup(vseq uint16) (*media.Packet, uint32) {
+func (o *output) lookup(vseq uint16, h *rtp.Header) (*media.Packet, uint32) {
 	e, ok := o.where(vseq)
-	if e.valid && e.pad && e.vseq == vseq {
-		h := rtp.Header{Version: 2, Padding: true, SequenceNumber: vseq, Timestamp: e.tsOff}
-		o.track.write(&h, padRepair)
+	if e.valid && e.pad {
+		*h = rtp.Header{Version: 2, Padding: true, SequenceNumber: vseq, Timestamp: e.tsOff, Extensions: h.Extensions[:0]}
+		o.track.write(h, padRepair)
 		return nil, 0
 	}
 	if !ok {
@@ -207,7 +250,7 @@ func (o *output) lookup(vseq uint16) (*media.Packet, uint32) {
 	if p != nil {
 		o.resent.Add(int64(len(p.Payload) + 12))
 		o.mu.Lock()
-		if r := &o.ring[o.slot(vseq)]; r.valid && r.vseq == vseq {
+		if r := &o.ring[o.slot(vseq)]; r.flags&slotValid != 0 && r.vseq == vseq {
 			r.rtxAt = now
 		}
 		o.mu.Unlock()
@@ -265,7 +308,7 @@ func (o *output) send(e media.Entry) error {
 	}
 	o.lastTS, o.begun, o.lastMarker = ts, true, p.Marker
 	o.mu.Lock()
-	o.ring[o.slot(seq)] = sent{hub: o.hub, tsOff: o.tsOff, hseq: p.SequenceNumber, vseq: seq, valid: true}
+	o.ring[o.slot(seq)] = sentSlot{hseq: p.SequenceNumber, vseq: seq, gen: o.gen, flags: slotValid}
 	o.mu.Unlock()
 	o.packets.Inc()
 	o.bytes.Add(float64(len(p.Payload)))
@@ -297,12 +340,13 @@ func (o *output) padding(n int) int {
 		return 0
 	}
 	done := 0
+	o.padTS.Store(o.lastTS)
 	for i := 0; done < n && i < maxPad; i++ {
 		seq := o.seq
 		o.seq++
 		o.off++
 		o.mu.Lock()
-		o.ring[o.slot(seq)] = sent{tsOff: o.lastTS, vseq: seq, valid: true, pad: true}
+		o.ring[o.slot(seq)] = sentSlot{vseq: seq, flags: slotValid | slotPad}
 		o.mu.Unlock()
 		o.hdr = rtp.Header{Version: 2, Padding: true, SequenceNumber: seq, Timestamp: o.lastTS, Extensions: o.hdr.Extensions[:0]}
 		if o.track.write(&o.hdr, padPayload) != nil {
@@ -424,6 +468,8 @@ func (o *output) trySwitch(buf []media.Entry) ([]media.Entry, bool, int, error) 
 	}
 	o.mu.Lock()
 	o.hub = o.nextHub
+	o.gen++
+	o.gens[o.gen%genRing] = hubGen{hub: o.hub, tsOff: o.tsOff, gen: o.gen}
 	o.mu.Unlock()
 	o.sub, o.name = o.next, o.nextFor
 	o.next, o.nextHub, o.nextFor = nil, nil, ""

@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pion/rtp"
+
 	"github.com/cascade-cdn/cascade/media"
 )
 
@@ -19,12 +21,13 @@ func TestNACKCountedOnce(t *testing.T) {
 		}
 	}
 	o.padding(3 * (padMax + 12)) // numbers 110–112
+	var h rtp.Header
 	for range 3 {
 		for _, seq := range []uint16{101, 105, 111} {
-			o.lookup(seq)
+			o.lookup(seq, &h)
 		}
 	}
-	o.lookup(4000) // never sent: not counted
+	o.lookup(4000, &h) // never sent: not counted
 	if n := o.nacked.Load(); n != 3 {
 		t.Errorf("%d NACKed numbers counted, want 3", n)
 	}

@@ -455,7 +455,7 @@ func (s *session) onRTCP(now time.Time, p []byte, budget *int) bool {
 					continue
 				}
 				*budget--
-				if pkt, off := o.lookup(seq); pkt != nil {
+				if pkt, off := o.lookup(seq, hdr); pkt != nil {
 					*hdr = rtp.Header{Version: 2, Marker: pkt.Marker, SequenceNumber: seq, Timestamp: pkt.Timestamp + off,
 						Extensions: hdr.Extensions[:0]} // reused, as in output.send
 					if o.track.write(hdr, pkt.Payload) == nil {

@@ -2,6 +2,7 @@ package whep
 
 import (
 	"testing"
+	"unsafe"
 
 	"github.com/pion/rtp"
 	"github.com/prometheus/client_golang/prometheus"
@@ -123,9 +124,12 @@ func TestSentRingSizes(t *testing.T) {
 	if len(a.ring) != audioRing || len(v.ring) != sentRing {
 		t.Fatalf("rings of %d and %d slots, want %d and %d", len(a.ring), len(v.ring), audioRing, sentRing)
 	}
+	if n := unsafe.Sizeof(sentSlot{}); n != 12 {
+		t.Errorf("a slot is %d bytes, want 12", n)
+	}
 	for _, o := range []*output{a, v} {
 		for _, seq := range []uint16{65535, 0, 1} {
-			o.ring[o.slot(seq)] = sent{hub: hub, vseq: seq, valid: true}
+			o.ring[o.slot(seq)] = sentSlot{vseq: seq, gen: o.gen, flags: slotValid}
 		}
 		for _, seq := range []uint16{65535, 0, 1} {
 			if e, ok := o.where(seq); !ok || e.vseq != seq {
@@ -219,4 +223,28 @@ func TestSwitchAtKeyframe(t *testing.T) {
 		t.Fatalf("viewer 1008 maps to %+v", e)
 	}
 	o.close()
+}
+
+// TestSentGenerations: a slot names its hub by generation; once eight
+// switches have reused its generation's place, a NACK for it finds nothing
+// rather than another rung's packet.
+func TestSentGenerations(t *testing.T) {
+	o := testOutput(discardWriter{})
+	if err := o.send(media.Entry{Packet: &media.Packet{SequenceNumber: 7, Payload: []byte{0x41}}}); err != nil {
+		t.Fatal(err)
+	}
+	if e, ok := o.where(7); !ok || e.hub != o.hub || e.hseq != 7 {
+		t.Fatalf("before any switch: %+v %v", e, ok)
+	}
+	other := media.NewHub(media.DefaultHubConfig(media.Video, "H264", 90000))
+	defer other.Close()
+	for range genRing {
+		o.mu.Lock()
+		o.gen++
+		o.gens[o.gen%genRing] = hubGen{hub: other, gen: o.gen}
+		o.mu.Unlock()
+	}
+	if e, ok := o.where(7); ok || e.hub != nil {
+		t.Fatalf("after %d switches the slot still maps to %p", genRing, e.hub)
+	}
 }

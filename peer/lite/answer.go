@@ -47,9 +47,9 @@ func answer(o *offer, ufrag, pwd, fingerprint string, candidates []string, video
 	for i, m := range o.medias {
 		if !accepted[i] {
 			// Rejected (RFC 8829 section 5.3.1): port 0, nothing else.
-			fmts := "0"
-			if len(m.fmts) > 0 {
-				fmts = m.fmts[0]
+			fmts := m.fmt0
+			if fmts == "" {
+				fmts = "0"
 			}
 			proto := m.proto
 			if proto == "" {

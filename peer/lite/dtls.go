@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pion/dtls/v3"
+	"github.com/pion/dtls/v3/pkg/protocol/handshake"
 	"github.com/pion/srtp/v3"
 	"github.com/pion/transport/v5/deadline"
 )
@@ -80,11 +82,20 @@ const srtcpReplayWindow = 128
 // and makes the SRTP contexts from its keys (RFC 5764 section 4.2).
 func (t *Transport) handshake(ctx context.Context) error {
 	cert, _ := t.eng.Certificate()
+	var serverRandom [handshake.RandomLength]byte
 	cfg := &dtls.Config{
 		Certificates:           []tls.Certificate{cert},
+		CipherSuites:           []dtls.CipherSuiteID{dtlsSuite},
 		SRTPProtectionProfiles: srtpProfiles,
-		ExtendedMasterSecret:   dtls.RequireExtendedMasterSecret,
-		ClientAuth:             dtls.RequireAnyClientCert,
+		// What the close_notify needs once the connection is let go
+		// (dtlsclose.go): the master secret and our hello random.
+		KeyLogWriter: &t.klog,
+		ServerHelloMessageHook: func(m handshake.MessageServerHello) handshake.Message {
+			serverRandom = m.Random.MarshalFixed()
+			return &m
+		},
+		ExtendedMasterSecret: dtls.RequireExtendedMasterSecret,
+		ClientAuth:           dtls.RequireAnyClientCert,
 		// Peers are authenticated by fingerprint, not by a CA.
 		InsecureSkipVerify:    true,
 		VerifyPeerCertificate: checkFingerprint(hashFor(t.offer.fpHash), t.offer.fp),
@@ -144,10 +155,36 @@ func (t *Transport) handshake(ctx context.Context) error {
 	t.outMu.Lock()
 	t.out = out
 	t.outMu.Unlock()
+	var rk *recordKeys
+	if !t.offer.active {
+		// The hook ran during the handshake, on pion's goroutine, before
+		// HandshakeContext returned.
+		if rk, err = deriveKeys(&t.klog, serverRandom[:]); err != nil {
+			t.log.Debug("keeping the DTLS connection", "reason", err)
+			rk = nil
+		}
+	}
 	t.inMu.Lock()
 	t.in = in
+	t.keys = rk
 	t.inMu.Unlock()
 	return nil
+}
+
+// teardown lets the DTLS connection go once the viewer has shown it
+// completed the handshake (dtlsclose.go): its goroutines end as its pipe
+// closes, quietly. t.inMu is held.
+func (t *Transport) teardown() {
+	t.mu.Lock()
+	c := t.dtls
+	t.dtls = nil
+	t.mu.Unlock()
+	if c == nil {
+		return
+	}
+	t.tornDown = true
+	t.pipe.quiet.Store(true)
+	t.pipe.Close()
 }
 
 // pipe is the DTLS connection's packet conn: what the transport received
@@ -162,6 +199,8 @@ type pipe struct {
 	// readDeadline is how pion's DTLS cancels a pending read (when its
 	// handshake gives up, it sets a deadline in the past).
 	readDeadline *deadline.Deadline
+	// quiet: the pipe closes because the connection is let go, not over.
+	quiet atomic.Bool
 }
 
 // pipeQueue bounds the DTLS records waiting to be read: a handshake
@@ -224,7 +263,9 @@ func (p *pipe) WriteTo(b []byte, _ net.Addr) (int, error) {
 func (p *pipe) Close() error {
 	p.once.Do(func() {
 		close(p.closed)
-		p.t.end(errDTLSClosed)
+		if !p.quiet.Load() {
+			p.t.end(errDTLSClosed)
+		}
 	})
 	return nil
 }

@@ -224,7 +224,10 @@ func TestTransportDeliversToPion(t *testing.T) {
 			if time.Since(tr.Heard()) > 5*time.Second {
 				t.Errorf("last heard %v ago", time.Since(tr.Heard()))
 			}
-			// Closing the transport tells the viewer (close_notify).
+			// The viewer's SRTCP proved it completed the handshake: pion's
+			// connection is let go, its goroutines with it.
+			eventually(t, "the DTLS connection let go", 5*time.Second, func() bool { return letGo(tr) })
+			// Closing the transport tells the viewer (our own close_notify).
 			closed := make(chan struct{})
 			var once sync.Once
 			v.pc.OnConnectionStateChange(func(s webrtc.PeerConnectionState) {
@@ -240,6 +243,47 @@ func TestTransportDeliversToPion(t *testing.T) {
 			}
 			tr.WriteRTP(video, &h, payload) // after Close: no panic, nothing owed
 		})
+	}
+}
+
+// letGo reports whether tr has let its DTLS connection go.
+func letGo(tr *Transport) bool {
+	tr.inMu.Lock()
+	defer tr.inMu.Unlock()
+	return tr.tornDown
+}
+
+// TestViewerClosesAfterTeardown: once the DTLS connection is let go, the
+// viewer's close_notify, checked with the kept record keys, still ends the
+// transport at once; a forged alert does not.
+func TestViewerClosesAfterTeardown(t *testing.T) {
+	e := testEngine(t, false)
+	v := newViewer(t, false)
+	tr := connect(t, e, v, nil)
+	var h rtp.Header
+	eventually(t, "the DTLS connection let go", 10*time.Second, func() bool {
+		h = rtp.Header{Version: 2, SequenceNumber: h.SequenceNumber + 1, Extensions: h.Extensions[:0]}
+		tr.WriteRTP(tr.Video(), &h, []byte{0x65, 1}) // media, so the viewer reports
+		tr.Flush()
+		return letGo(tr)
+	})
+	// An alert record with a wrong tag, from the viewer's path.
+	forged := []byte{21, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 9, 0, 26}
+	forged = append(forged, make([]byte, 26)...)
+	tr.HandlePacket(forged, tr.SelectedPath())
+	select {
+	case <-tr.Done():
+		t.Fatal("a forged alert ended the transport")
+	default:
+	}
+	v.pc.Close()
+	select {
+	case <-tr.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the viewer's close_notify did not end the transport")
+	}
+	if !errors.Is(tr.Err(), errDTLSClosed) {
+		t.Errorf("ended with %v", tr.Err())
 	}
 }
 

@@ -23,18 +23,17 @@ type offer struct {
 	fp     []byte
 	// active: the viewer asked to be the DTLS server (a=setup:passive),
 	// so Cascade dials; otherwise Cascade is the server.
-	active  bool
-	rsize   bool // a=rtcp-rsize
-	twccID  uint8
-	medias  []offerMedia
-	session sdp.SessionDescription
+	active bool
+	rsize  bool // a=rtcp-rsize
+	twccID uint8
+	medias []offerMedia
 }
 
 // offerMedia is one m-section.
 type offerMedia struct {
 	kind  string // "video", "audio", "application", ...
 	proto string
-	fmts  []string
+	fmt0  string // the first format, for a rejection
 	mid   string
 	// recv: the viewer will receive (sendrecv or recvonly).
 	recv bool
@@ -46,11 +45,13 @@ type offerMedia struct {
 // parseOffer reads the parts of an offer the answer is made from. Errors
 // are wish errors with the HTTP status they deserve.
 func parseOffer(s string) (*offer, error) {
+	// The parsed description is not kept: a viewer holds only what its
+	// answer and transport need.
 	o := &offer{}
-	if err := o.session.UnmarshalString(s); err != nil {
+	d := &sdp.SessionDescription{}
+	if err := d.UnmarshalString(s); err != nil {
 		return nil, wish.ErrBadSDP
 	}
-	d := &o.session
 	if len(d.MediaDescriptions) == 0 || len(d.MediaDescriptions) > 16 {
 		return nil, wish.Errorf(400, "bad_sdp", "offer must have between 1 and 16 media sections")
 	}
@@ -64,8 +65,13 @@ func parseOffer(s string) (*offer, error) {
 		return v
 	}
 	for i, md := range d.MediaDescriptions {
-		m := offerMedia{kind: md.MediaName.Media, proto: strings.Join(md.MediaName.Protos, "/"), fmts: md.MediaName.Formats, pt: -1, recv: true}
+		// Strings are cloned: a substring would keep the whole offer.
+		m := offerMedia{kind: strings.Clone(md.MediaName.Media), proto: strings.Join(md.MediaName.Protos, "/"), pt: -1, recv: true}
+		if len(md.MediaName.Formats) > 0 {
+			m.fmt0 = strings.Clone(md.MediaName.Formats[0])
+		}
 		m.mid, _ = md.Attribute("mid")
+		m.mid = strings.Clone(m.mid)
 		if m.mid == "" {
 			m.mid = strconv.Itoa(i)
 		}
@@ -88,7 +94,7 @@ func parseOffer(s string) (*offer, error) {
 		}
 		if m.pt >= 0 && o.ufrag == "" {
 			// The first section taken sets the transport (max-bundle).
-			o.ufrag, o.pwd = attr(md, "ice-ufrag"), attr(md, "ice-pwd")
+			o.ufrag, o.pwd = strings.Clone(attr(md, "ice-ufrag")), strings.Clone(attr(md, "ice-pwd"))
 			fp := attr(md, "fingerprint")
 			setup := attr(md, "setup")
 			var err error

@@ -138,14 +138,17 @@ type Transport struct {
 	out     *srtp.Context
 	twccSeq uint16
 	twccVal [2]byte
-	plain   [bufSize]byte
-	cipher  [bufSize]byte
+	// buf is where a packet is marshalled and then encrypted in place
+	// (pion's SRTP supports it).
+	buf     [bufSize]byte
 	encHdr  rtp.Header
 	rtcpHdr rtcp.Header
 
 	inMu     sync.Mutex // the receive path: HandlePacket
 	in       *srtp.Context
-	ibuf     [bufSize]byte
+	klog     keyLog
+	keys     *recordKeys // the DTLS record keys, once derived
+	tornDown bool        // the DTLS connection is let go
 	inHdr    rtcp.Header
 	req      stun.Message
 	resp     stun.Message
@@ -341,18 +344,18 @@ func (t *Transport) WriteRTP(tr *Track, h *rtp.Header, payload []byte) error {
 			return err
 		}
 	}
-	n, err := h.MarshalTo(t.plain[:])
+	n, err := h.MarshalTo(t.buf[:])
 	if err != nil {
 		return err
 	}
 	if n+len(payload)+srtpTrailer > bufSize {
 		return ErrTooLong
 	}
-	n += copy(t.plain[n:], payload)
+	n += copy(t.buf[n:], payload)
 	if t.bwe != nil && t.offer.twccID != 0 {
 		t.bwe.Record(seq, n)
 	}
-	pkt, err := t.out.EncryptRTP(t.cipher[:0], t.plain[:n], &t.encHdr)
+	pkt, err := t.out.EncryptRTP(t.buf[:0], t.buf[:n], &t.encHdr)
 	if err != nil {
 		return err
 	}
@@ -381,7 +384,7 @@ func (t *Transport) WriteRTCP(p []byte) error {
 	if len(p)+srtpTrailer > bufSize {
 		return ErrTooLong
 	}
-	pkt, err := t.out.EncryptRTCP(t.cipher[:0], p, &t.rtcpHdr)
+	pkt, err := t.out.EncryptRTCP(t.buf[:0], p, &t.rtcpHdr)
 	if err != nil {
 		return err
 	}
@@ -533,7 +536,15 @@ func (t *Transport) handleDTLS(p []byte, from peer.Path) {
 		t.selected.CompareAndSwap(nil, &from)
 		t.nomOnce.Do(func() { close(t.nominated) })
 	}
-	t.pipe.deliver(p)
+	t.inMu.Lock()
+	defer t.inMu.Unlock()
+	if !t.tornDown {
+		t.pipe.deliver(p)
+		return
+	}
+	if t.keys.closes(p) {
+		t.end(errDTLSClosed)
+	}
 }
 
 // handleSRTCP decrypts the viewer's RTCP and hands it on.
@@ -546,12 +557,15 @@ func (t *Transport) handleSRTCP(now time.Time, p []byte) {
 	if !t.allow(now) {
 		return
 	}
-	plain, err := t.in.DecryptRTCP(t.ibuf[:0], p, &t.inHdr)
+	plain, err := t.in.DecryptRTCP(p[:0], p, &t.inHdr) // in place: p is ours until we return
 	if err != nil {
 		t.bad.Add(1)
 		return
 	}
 	t.heard.Store(now.UnixNano())
+	if t.keys != nil && !t.tornDown {
+		t.teardown() // the viewer's SRTCP: it completed the handshake
+	}
 	if t.bwe != nil {
 		t.bwe.ReadRTCP(now, plain)
 	}
@@ -625,6 +639,15 @@ func (t *Transport) Close() error {
 		t.mu.Unlock()
 		if c != nil {
 			c.Close() // sends close_notify on the selected path
+		} else {
+			t.inMu.Lock()
+			keys := t.keys
+			t.inMu.Unlock()
+			if keys != nil {
+				if rec, err := keys.closeNotify(); err == nil {
+					t.selectedPath().Write(rec)
+				}
+			}
 		}
 		t.pipe.Close()
 		for _, u := range ufrags {
