@@ -129,6 +129,9 @@ type output struct {
 	lastTS  uint32 // last viewer timestamp written
 	begun   bool
 	dropped uint64
+	// uncounted and uncountedBytes are the media packets and payload
+	// bytes sent since the last count.
+	uncounted, uncountedBytes int
 	// hdr is the writer's scratch header for media and padding; its
 	// extension list is reused from packet to packet.
 	hdr rtp.Header
@@ -258,6 +261,17 @@ func (o *output) lookup(vseq uint16, h *rtp.Header) (*media.Packet, uint32) {
 	return p, e.tsOff
 }
 
+// count adds what was sent since the last call to the stream's series:
+// once a round, not once a packet, since every viewer of the stream shares
+// them (an atomic add on a shared cache line per packet per viewer).
+func (o *output) count() {
+	if o.uncounted > 0 && o.packets != nil {
+		o.packets.Add(float64(o.uncounted))
+		o.bytes.Add(float64(o.uncountedBytes))
+		o.uncounted, o.uncountedBytes = 0, 0
+	}
+}
+
 // countDrops adds what the current subscription dropped since last asked
 // to the metric, and reports it.
 func (o *output) countDrops() uint64 {
@@ -310,8 +324,8 @@ func (o *output) send(e media.Entry) error {
 	o.mu.Lock()
 	o.ring[o.slot(seq)] = sentSlot{hseq: p.SequenceNumber, vseq: seq, gen: o.gen, flags: slotValid}
 	o.mu.Unlock()
-	o.packets.Inc()
-	o.bytes.Add(float64(len(p.Payload)))
+	o.uncounted++
+	o.uncountedBytes += len(p.Payload)
 	return o.track.write(&o.hdr, p.Payload)
 }
 
@@ -544,6 +558,7 @@ func (o *output) refill(now time.Time, rate int) {
 func (o *output) close() {
 	o.cancel()
 	o.retire()
+	o.count()
 }
 
 // senderReport is the track's RTCP sender report at now, or nil before any

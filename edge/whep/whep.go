@@ -649,6 +649,10 @@ func (s *session) serve(w *writer) bool {
 	if a := s.audio; a != nil {
 		w.buf, n, _ = a.drain(w.buf)
 		s.abr.onSent(time.Now(), n)
+		a.count()
+	}
+	if v := s.video; v != nil {
+		v.count()
 	}
 	return true
 }
