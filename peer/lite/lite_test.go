@@ -16,6 +16,7 @@ import (
 	"github.com/pion/interceptor"
 	"github.com/pion/rtp"
 	"github.com/pion/sdp/v3"
+	"github.com/pion/srtp/v3"
 	"github.com/pion/stun/v4"
 	"github.com/pion/webrtc/v4"
 	"go.uber.org/goleak"
@@ -649,24 +650,48 @@ func TestBWEOverTransport(t *testing.T) {
 	}
 }
 
-// BenchmarkWriteRTP is one viewer's per-packet send work once connected:
-// the header with its transport-wide sequence number, the BWE's record,
-// AES-GCM in place, and the copy into the socket's queue (Flush every
-// seven packets, a frame). It must not allocate.
+// sendOnly is a transport past its handshake, with fixed SRTP keys and no
+// path: WriteRTP does all its work and then finds nowhere to send.
+func sendOnly(tb testing.TB) *Transport {
+	tb.Helper()
+	out, err := srtp.CreateContext(make([]byte, 16), make([]byte, 12), srtp.ProtectionProfileAeadAes128Gcm)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &Transport{offer: &offer{twccID: 3}, bwe: peer.NewBWE(), out: out,
+		video: &Track{Kind: "video", ClockRate: 90000, SSRC: 1, PT: 102}}
+}
+
+// TestWriteRTPNoAlloc: the send path allocates nothing per packet once the
+// caller's header has its extension list.
+func TestWriteRTPNoAlloc(t *testing.T) {
+	tr := sendOnly(t)
+	payload := make([]byte, 1200)
+	var h rtp.Header
+	write := func() {
+		h = rtp.Header{Version: 2, SequenceNumber: h.SequenceNumber + 1, Extensions: h.Extensions[:0]}
+		if err := tr.WriteRTP(tr.video, &h, payload); !errors.Is(err, peer.ErrNoPath) {
+			t.Fatalf("WriteRTP: %v", err)
+		}
+	}
+	write()
+	if n := testing.AllocsPerRun(1000, write); n != 0 {
+		t.Errorf("%v allocations per packet, want 0", n)
+	}
+}
+
+// BenchmarkWriteRTP is one viewer's per-packet send work: the header with
+// its transport-wide sequence number, the BWE's record and AES-GCM in
+// place, for a 1200-byte payload (the socket's queue and system calls are
+// peer's BenchmarkFanout).
 func BenchmarkWriteRTP(b *testing.B) {
-	e := testEngine(b, false)
-	v := newViewer(b, false)
-	tr := connect(b, e, v, nil)
+	tr := sendOnly(b)
 	payload := make([]byte, 1200)
 	var h rtp.Header
 	b.ReportAllocs()
+	b.SetBytes(int64(len(payload)))
 	for i := 0; b.Loop(); i++ {
 		h = rtp.Header{Version: 2, SequenceNumber: uint16(i), Timestamp: uint32(i / 7 * 3000), Extensions: h.Extensions[:0]}
-		if err := tr.WriteRTP(tr.Video(), &h, payload); err != nil {
-			b.Fatal(err)
-		}
-		if i%7 == 6 {
-			tr.Flush()
-		}
+		tr.WriteRTP(tr.video, &h, payload)
 	}
 }
