@@ -35,6 +35,24 @@ func TestViewerOverICETCP(t *testing.T) {
 	}
 }
 
+// TestPublisherOverICETCP: a publisher's ICE-TCP connection reaches pion's
+// mux through the engine's TCP server (which reads the first packet to see
+// whose it is, and replays it to pion), and a viewer plays the stream.
+func TestPublisherOverICETCP(t *testing.T) {
+	n := startNode(t)
+	pub := publish(t, n, "live", mediatest.PublisherOptions{Net: mediatest.Net{TCP: true}})
+	pair, err := pub.PC.SCTP().Transport().ICETransport().GetSelectedCandidatePair()
+	if err != nil || pair == nil || pair.Local.Protocol.String() != "tcp" {
+		t.Fatalf("publisher's selected pair %v (%v), want tcp", pair, err)
+	}
+	v, err := mediatest.Watch(ctxT(t, 15*time.Second), n.URL()+"/whep/live", mediatest.ViewerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	eventually(t, "frames from a publisher on ICE-TCP", 15*time.Second, func() bool { return v.VideoFrames.Load() >= 10 })
+}
+
 func TestPublicHostsInCandidates(t *testing.T) {
 	n := startNode(t, func(c *Config) { c.WebRTC.PublicHosts = []string{"192.0.2.10"} })
 	resp := post(t, n, "/whip/live", "application/sdp", pionOffer(t, webrtc.RTPTransceiverDirectionSendonly), nil)

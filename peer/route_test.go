@@ -157,3 +157,36 @@ func TestWriteSocket(t *testing.T) {
 type echoHandler struct{ got chan Path }
 
 func (h *echoHandler) HandlePacket(_ []byte, p Path) { h.got <- p }
+
+// TestTCPFirstFrame: the engine's ICE-TCP server closes a connection whose
+// first packet is too long to be a binding request, and, on Close, the
+// ones that never sent one (goleak in TestMain checks their goroutines).
+func TestTCPFirstFrame(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	e, err := New(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	addr := e.tcp.ln.Addr().String()
+	long, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer long.Close()
+	long.Write([]byte{0xff, 0xff}) // 65535 bytes to come
+	long.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := long.Read(make([]byte, 1)); err == nil {
+		t.Error("a connection announcing a 64 KiB first packet stayed open")
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Error("a connection announcing a 64 KiB first packet was not closed")
+	}
+	for range 3 {
+		idle, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer idle.Close()
+	}
+}

@@ -25,6 +25,15 @@ const maxPendingTCP = 512
 // packets, as a congested UDP path would.
 const tcpQueue = 256 << 10
 
+// maxFirstFrame bounds a connection's first packet, a STUN binding
+// request of a few hundred bytes (pion's mux reads it into 512).
+const maxFirstFrame = 512
+
+// maxFrame bounds the packets read from an ICE-TCP link: what a viewer
+// sends (STUN, DTLS records, RTCP) fits a datagram. Longer ones are read
+// and dropped.
+const maxFrame = 2048
+
 // tcpWriteTimeout bounds one write: a peer that stops reading is cut.
 const tcpWriteTimeout = 10 * time.Second
 
@@ -92,7 +101,13 @@ func (t *tcpServer) serve(c net.Conn) {
 		c.Close()
 		return
 	}
-	first := make([]byte, binary.BigEndian.Uint16(hdr[:]))
+	n := int(binary.BigEndian.Uint16(hdr[:]))
+	if n > maxFirstFrame {
+		t.donePending()
+		c.Close()
+		return
+	}
+	first := make([]byte, n)
 	if _, err := io.ReadFull(c, first); err != nil {
 		t.donePending()
 		c.Close()
@@ -235,13 +250,19 @@ func (l *tcpLink) writeLoop() {
 // until the connection fails.
 func (l *tcpLink) readLoop(p Path, r *routes) {
 	defer l.close()
-	buf := make([]byte, 0xffff)
+	buf := make([]byte, maxFrame)
 	var hdr [2]byte
 	for {
 		if _, err := io.ReadFull(l.c, hdr[:]); err != nil {
 			return
 		}
 		n := int(binary.BigEndian.Uint16(hdr[:]))
+		if n > maxFrame {
+			if _, err := io.CopyN(io.Discard, l.c, int64(n)); err != nil {
+				return
+			}
+			continue
+		}
 		if _, err := io.ReadFull(l.c, buf[:n]); err != nil {
 			return
 		}

@@ -184,6 +184,8 @@ type PublisherOptions struct {
 	// AccessUnits, if set, are real Annex-B access units sent in a loop
 	// instead of synthetic slices (which no decoder accepts).
 	AccessUnits [][]byte
+	// Net restricts the publisher's transport (ICE-TCP only, say).
+	Net Net
 }
 
 // Publisher is a pion WHIP client sending synthetic H.264 (real SPS/PPS,
@@ -212,7 +214,7 @@ func Publish(ctx context.Context, url string, o PublisherOptions) (*Publisher, e
 	if o.GOP == 0 {
 		o.GOP = o.FPS
 	}
-	api, err := API()
+	api, err := NewAPI(o.Net)
 	if err != nil {
 		return nil, err
 	}

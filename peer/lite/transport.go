@@ -538,6 +538,9 @@ func (t *Transport) handleDTLS(p []byte, from peer.Path) {
 	}
 	t.inMu.Lock()
 	defer t.inMu.Unlock()
+	if !t.allow(time.Now()) {
+		return // a handshake is a few dozen records; a flood is not one
+	}
 	if !t.tornDown {
 		t.pipe.deliver(p)
 		return
