@@ -53,25 +53,34 @@ func TestPublisherOverICETCP(t *testing.T) {
 	eventually(t, "frames from a publisher on ICE-TCP", 15*time.Second, func() bool { return v.VideoFrames.Load() >= 10 })
 }
 
+// TestPublicHostsInCandidates: with webrtc.public_hosts, both a
+// publisher's answer (pion) and a viewer's (peer/lite) announce the
+// public address only, on UDP and ICE-TCP.
 func TestPublicHostsInCandidates(t *testing.T) {
 	n := startNode(t, func(c *Config) { c.WebRTC.PublicHosts = []string{"192.0.2.10"} })
-	resp := post(t, n, "/whip/live", "application/sdp", pionOffer(t, webrtc.RTPTransceiverDirectionSendonly), nil)
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 201 {
-		t.Fatalf("POST: %d %s", resp.StatusCode, body)
-	}
-	var cands []string
-	for _, l := range strings.Split(string(body), "\n") {
-		if strings.HasPrefix(l, "a=candidate:") {
-			cands = append(cands, strings.TrimSpace(l))
+	publish(t, n, "other", mediatest.PublisherOptions{})
+	for _, ep := range []struct{ path, offer string }{
+		{"/whip/live", pionOffer(t, webrtc.RTPTransceiverDirectionSendonly)},
+		{"/whep/other", pionOffer(t)},
+	} {
+		resp := post(t, n, ep.path, "application/sdp", ep.offer, nil)
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 201 {
+			t.Fatalf("POST %s: %d %s", ep.path, resp.StatusCode, body)
 		}
-	}
-	if len(cands) == 0 {
-		t.Fatal("answer has no candidates")
-	}
-	for _, c := range cands {
-		if !strings.Contains(c, " 192.0.2.10 ") {
-			t.Errorf("candidate %q does not announce the public address", c)
+		var cands []string
+		for _, l := range strings.Split(string(body), "\n") {
+			if strings.HasPrefix(l, "a=candidate:") {
+				cands = append(cands, strings.TrimSpace(l))
+			}
+		}
+		if len(cands) == 0 {
+			t.Fatalf("%s: answer has no candidates", ep.path)
+		}
+		for _, c := range cands {
+			if !strings.Contains(c, " 192.0.2.10 ") {
+				t.Errorf("%s: candidate %q does not announce the public address", ep.path, c)
+			}
 		}
 	}
 }

@@ -395,12 +395,8 @@ func (a *viewerABR) pad(now time.Time, v *output) {
 // countProbes moves the controller's probe and switch counts to metrics.
 func (a *viewerABR) countProbes(s *session) {
 	st := a.ctl.Stats()
-	if d := st.ProbesOK - a.lastStats.ProbesOK; d > 0 {
-		s.e.m.probes.WithLabelValues("ok").Add(float64(d))
-	}
-	if d := st.ProbesFailed - a.lastStats.ProbesFailed; d > 0 {
-		s.e.m.probes.WithLabelValues("failed").Add(float64(d))
-	}
+	addSince(s.e.m.probes, "ok", uint64(st.ProbesOK), uint64(a.lastStats.ProbesOK))
+	addSince(s.e.m.probes, "failed", uint64(st.ProbesFailed), uint64(a.lastStats.ProbesFailed))
 	a.lastStats = st
 }
 

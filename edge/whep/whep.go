@@ -380,18 +380,22 @@ func (s *session) sendReports(now time.Time) {
 // the packets the transport refused to their counters.
 func (s *session) countRejected() {
 	st := s.t.Stats()
-	if n := st.Bad - s.refused.Bad; n > 0 {
-		s.e.m.refused.WithLabelValues("unauthenticated").Add(float64(n))
-	}
-	if n := st.Limited - s.refused.Limited; n > 0 {
-		s.e.m.refused.WithLabelValues("rate_limited").Add(float64(n))
-	}
+	addSince(s.e.m.refused, "unauthenticated", st.Bad, s.refused.Bad)
+	addSince(s.e.m.refused, "rate_limited", st.Limited, s.refused.Limited)
 	s.refused = st
 	if b, ok := s.bwe.(interface{ Rejected() uint64 }); ok {
 		if n := b.Rejected(); n > s.rejected {
 			s.e.m.badRTCP.Add(float64(n - s.rejected))
 			s.rejected = n
 		}
+	}
+}
+
+// addSince adds to v's series for label what a running total grew by
+// since it was last, when it grew.
+func addSince(v *prometheus.CounterVec, label string, total, last uint64) {
+	if total > last {
+		v.WithLabelValues(label).Add(float64(total - last))
 	}
 }
 
