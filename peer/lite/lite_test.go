@@ -695,3 +695,46 @@ func BenchmarkWriteRTP(b *testing.B) {
 		tr.WriteRTP(tr.video, &h, payload)
 	}
 }
+
+// TestWeDialDTLS: a viewer that offers a=setup:passive wants to be the
+// DTLS server; the transport dials it once a path is nominated, and media
+// flows. (Browsers offer actpass; some WHEP clients do not.)
+func TestWeDialDTLS(t *testing.T) {
+	e := testEngine(t, false)
+	v := newViewer(t, false)
+	offer := strings.ReplaceAll(v.offer(t), "a=setup:actpass", "a=setup:passive")
+	tr, answer, err := New(e, Params{Offer: offer, Video: true, Audio: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if !strings.Contains(answer, "a=setup:active") {
+		t.Fatalf("answer does not take the active role:\n%s", answer)
+	}
+	if err := v.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: answer}); err != nil {
+		t.Fatal(err)
+	}
+	tr.Start(nil)
+	select {
+	case <-tr.Ready():
+	case <-tr.Done():
+		t.Fatalf("transport ended: %v", tr.Err())
+	case <-time.After(10 * time.Second):
+		t.Fatal("DTLS did not complete")
+	}
+	var h rtp.Header
+	eventually(t, "media at the viewer", 5*time.Second, func() bool {
+		h = rtp.Header{Version: 2, SequenceNumber: h.SequenceNumber + 1, Extensions: h.Extensions[:0]}
+		tr.WriteRTP(tr.Video(), &h, []byte{0x65, 1})
+		tr.Flush()
+		select {
+		case <-v.packets:
+			return true
+		default:
+			return false
+		}
+	})
+	if letGo(tr) {
+		t.Error("a DTLS client's connection was let go without its record keys")
+	}
+}
