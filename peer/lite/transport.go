@@ -156,6 +156,9 @@ type Transport struct {
 	tokensAt time.Time
 
 	bad, limited atomic.Uint64
+	// queued counts the packets WriteRTP queued, so that the receive path
+	// can tell whether its handler queued any.
+	queued atomic.Uint64
 }
 
 // New parses a viewer's offer, claims fresh ICE credentials on the engine
@@ -361,6 +364,7 @@ func (t *Transport) WriteRTP(tr *Track, h *rtp.Header, payload []byte) error {
 	}
 	tr.packets.Add(1)
 	tr.octets.Add(uint32(len(payload)))
+	t.queued.Add(1)
 	return path.Queue(pkt)
 }
 
@@ -573,8 +577,14 @@ func (t *Transport) handleSRTCP(now time.Time, p []byte) {
 		t.bwe.ReadRTCP(now, plain)
 	}
 	if t.onRTCP != nil {
-		t.onRTCP(now, plain) // its retransmissions are queued
-		t.Flush()
+		before := t.queued.Load()
+		t.onRTCP(now, plain)
+		if t.queued.Load() != before {
+			// Retransmissions were queued: send them now. Otherwise the
+			// socket is left to the writers, whose rounds a flush from
+			// here would cut in two.
+			t.Flush()
+		}
 	}
 }
 
