@@ -18,13 +18,12 @@ import (
 // Every viewer's packets leave through this one socket, one sendto(2) each
 // if written plainly: measured on loopback here, about 8 µs per packet, half
 // of it the system call itself. A write here copies the packet into a free
-// slot and returns; one flusher goroutine sends whatever has queued in
-// batches of up to batchMax, so fan-out bursts (one frame to every viewer)
-// cost one system call per batch. Nothing waits for a timer: the batch is
-// whatever queued while the previous one was being sent.
-//
-// It implements ice.AddrPortReaderWriter, which pion's UDP mux uses for
-// allocation-free reads and writes.
+// slot and returns. What is queued goes in batches of up to batchMax, so
+// fan-out bursts (one frame to every viewer) cost one system call per
+// batch: a viewer's writer queues its round and then sends the queue
+// itself (Queue, Flush), and other writes (publishers' pion, STUN, RTCP)
+// wake one flusher goroutine (WriteToAddrPort). Nothing waits for a
+// timer: a batch is whatever queued while the previous one was sent.
 type batchConn struct {
 	*net.UDPConn
 	raw syscall.RawConn
@@ -99,11 +98,6 @@ func newBatchConn(c *net.UDPConn, wfd int) *batchConn {
 	}
 	go b.flush()
 	return b
-}
-
-// ReadFromAddrPort implements ice.AddrPortReaderWriter.
-func (b *batchConn) ReadFromAddrPort(p []byte) (int, netip.AddrPort, error) {
-	return b.UDPConn.ReadFromUDPAddrPort(p)
 }
 
 // WriteToAddrPort queues p for addr, for the flusher goroutine to send.

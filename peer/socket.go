@@ -26,8 +26,8 @@ type socket struct {
 	toPionDropped atomic.Uint64
 }
 
-// maxDatagram is the largest datagram read; anything longer is cut and
-// fails its integrity check. pion reads up to 8 KiB too (receiveMTU).
+// maxDatagram is the largest datagram read; a longer one is dropped. pion
+// reads up to 8 KiB too (receiveMTU).
 const maxDatagram = 8192
 
 // pionQueue bounds the datagrams waiting for pion's mux: publishers are
