@@ -12,10 +12,12 @@
 // checks pion's STUN; this package only joins them.
 //
 // What a transport runs: the socket's reading goroutine calls
-// HandlePacket for the viewer's packets; pion's DTLS keeps its goroutines
-// (two, and one per pending read) for the connection's life, so that a
-// lost final flight is retransmitted and the viewer's close_notify ends
-// the transport; there is no other goroutine.
+// HandlePacket for the viewer's packets, and the caller's writer calls
+// WriteRTP and Flush. During the handshake there is one goroutine (run)
+// and pion's DTLS runs its own (two, and one per pending read); they stay
+// until the viewer's first SRTCP shows it completed the handshake (a lost
+// final flight must be resent until then), and then pion's connection is
+// let go (dtlsclose.go). From there the transport runs no goroutine.
 package lite
 
 import (
