@@ -126,7 +126,15 @@ func (v *viewer) offer(t testing.TB) string {
 // connect makes a transport for v on e and completes the handshake.
 func connect(t testing.TB, e *peer.Engine, v *viewer, onRTCP func(time.Time, []byte)) *Transport {
 	t.Helper()
-	tr, answer, err := New(e, Params{Offer: v.offer(t), Video: true, Audio: true})
+	tr, _ := connectOffer(t, e, v, v.offer(t), onRTCP)
+	return tr
+}
+
+// connectOffer is connect with v's offer as given (edited, say); it also
+// returns the answer.
+func connectOffer(t testing.TB, e *peer.Engine, v *viewer, offer string, onRTCP func(time.Time, []byte)) (*Transport, string) {
+	t.Helper()
+	tr, answer, err := New(e, Params{Offer: offer, Video: true, Audio: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +150,7 @@ func connect(t testing.TB, e *peer.Engine, v *viewer, onRTCP func(time.Time, []b
 	case <-time.After(10 * time.Second):
 		t.Fatal("DTLS did not complete")
 	}
-	return tr
+	return tr, answer
 }
 
 func eventually(t testing.TB, what string, timeout time.Duration, cond func() bool) {
@@ -703,24 +711,9 @@ func TestWeDialDTLS(t *testing.T) {
 	e := testEngine(t, false)
 	v := newViewer(t, false)
 	offer := strings.ReplaceAll(v.offer(t), "a=setup:actpass", "a=setup:passive")
-	tr, answer, err := New(e, Params{Offer: offer, Video: true, Audio: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
+	tr, answer := connectOffer(t, e, v, offer, nil)
 	if !strings.Contains(answer, "a=setup:active") {
 		t.Fatalf("answer does not take the active role:\n%s", answer)
-	}
-	if err := v.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: answer}); err != nil {
-		t.Fatal(err)
-	}
-	tr.Start(nil)
-	select {
-	case <-tr.Ready():
-	case <-tr.Done():
-		t.Fatalf("transport ended: %v", tr.Err())
-	case <-time.After(10 * time.Second):
-		t.Fatal("DTLS did not complete")
 	}
 	var h rtp.Header
 	eventually(t, "media at the viewer", 5*time.Second, func() bool {
