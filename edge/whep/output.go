@@ -182,13 +182,13 @@ func (o *output) current() *media.Hub {
 }
 
 // newOutput returns the output of one track of kind "video" or "audio",
-// sending hub.
-func newOutput(kind string, hub *media.Hub, track *track) *output {
+// sending hub; its subscriptions signal wake.
+func newOutput(kind string, hub *media.Hub, track *track, wake chan struct{}) *output {
 	n := sentRing
 	if kind != "video" {
 		n = audioRing
 	}
-	o := &output{kind: kind, hub: hub, track: track, ring: make([]sentSlot, n), wake: make(chan struct{}, 1)}
+	o := &output{kind: kind, hub: hub, track: track, ring: make([]sentSlot, n), wake: wake}
 	o.gens[0] = hubGen{hub: hub}
 	return o
 }

@@ -267,8 +267,7 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 
 // newOutput is the output of track tr, sending hub.
 func (s *session) newOutput(tr *lite.Track, hub *media.Hub) *output {
-	o := newOutput(tr.Kind, hub, &track{w: s.t, tr: tr})
-	o.wake = s.wake
+	o := newOutput(tr.Kind, hub, &track{w: s.t, tr: tr}, s.wake)
 	m := s.e.m
 	o.packets = m.packets.WithLabelValues(s.stream, o.kind)
 	o.bytes = countingCounter{m.bytes.WithLabelValues(s.stream, o.kind), &s.e.egress}
@@ -398,10 +397,6 @@ func addSince(v *prometheus.CounterVec, label string, total, last uint64) {
 		v.WithLabelValues(label).Add(float64(total - last))
 	}
 }
-
-// rtcpBuffer holds any RTCP datagram: pion reads at most its receive MTU
-// (1500 bytes).
-const rtcpBuffer = 1500
 
 // rtcpCounters are a session's series of the per-stream RTCP metrics.
 type rtcpCounters struct{ nacks, retransmits, plis prometheus.Counter }

@@ -40,7 +40,7 @@ func (twccWriter) Flush() {}
 
 func testOutput(w rtpWriter) *output {
 	o := newOutput("video", media.NewHub(media.DefaultHubConfig(media.Video, "H264", 90000)),
-		&track{w: w, tr: &lite.Track{Kind: "video", ClockRate: 90000, SSRC: 1, PT: 102}})
+		&track{w: w, tr: &lite.Track{Kind: "video", ClockRate: 90000, SSRC: 1, PT: 102}}, make(chan struct{}, 1))
 	o.packets = prometheus.NewCounter(prometheus.CounterOpts{Name: "p"})
 	o.bytes = prometheus.NewCounter(prometheus.CounterOpts{Name: "b"})
 	return o
@@ -119,7 +119,7 @@ func TestViewerSendNoAlloc(t *testing.T) {
 func TestSentRingSizes(t *testing.T) {
 	hub := media.NewHub(media.DefaultHubConfig(media.Audio, "opus", 48000))
 	defer hub.Close()
-	a := newOutput("audio", hub, &track{w: discardWriter{}, tr: &lite.Track{Kind: "audio", ClockRate: 48000, SSRC: 2, PT: 111}})
+	a := newOutput("audio", hub, &track{w: discardWriter{}, tr: &lite.Track{Kind: "audio", ClockRate: 48000, SSRC: 2, PT: 111}}, make(chan struct{}, 1))
 	v := testOutput(discardWriter{})
 	if len(a.ring) != audioRing || len(v.ring) != sentRing {
 		t.Fatalf("rings of %d and %d slots, want %d and %d", len(a.ring), len(v.ring), audioRing, sentRing)

@@ -403,13 +403,14 @@ func (t *Transport) HandlePacket(p []byte, from peer.Path) {
 	if len(p) == 0 {
 		return
 	}
+	now := time.Now()
 	switch b := p[0]; {
 	case b < 4:
-		t.handleSTUN(time.Now(), p, from)
+		t.handleSTUN(now, p, from)
 	case b >= 20 && b <= 63:
-		t.handleDTLS(p, from)
+		t.handleDTLS(now, p, from)
 	case b >= 128 && b <= 191 && len(p) >= 2 && p[1] >= 192 && p[1] <= 223:
-		t.handleSRTCP(time.Now(), p)
+		t.handleSRTCP(now, p)
 	default:
 		// A viewer sends no media, and nothing else belongs here.
 		t.bad.Add(1)
@@ -537,14 +538,14 @@ func (t *Transport) nominate(p peer.Path, ufrag string) {
 // handleDTLS passes a DTLS record to the handshake. A viewer that starts
 // DTLS on a path it has not nominated (aggressive nomination) has chosen
 // it.
-func (t *Transport) handleDTLS(p []byte, from peer.Path) {
+func (t *Transport) handleDTLS(now time.Time, p []byte, from peer.Path) {
 	if t.selected.Load() == nil {
 		t.selected.CompareAndSwap(nil, &from)
 		t.nomOnce.Do(func() { close(t.nominated) })
 	}
 	t.inMu.Lock()
 	defer t.inMu.Unlock()
-	if !t.allow(time.Now()) {
+	if !t.allow(now) {
 		return // a handshake is a few dozen records; a flood is not one
 	}
 	if !t.tornDown {
