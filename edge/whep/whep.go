@@ -503,6 +503,15 @@ const keptEntries = 64
 // abrTick is how often the writer consults the viewer's rendition choice.
 const abrTick = 100 * time.Millisecond
 
+// idleTick is the writer's timer once media flows: the tick runs on the
+// first wake-up of a frame or audio packet that finds it due, and the
+// timer only stands in when media stops. Set to abrTick it would fire
+// just before that wake-up nearly every time (the wake-up comes after the
+// tick is due, the timer at the instant it is): ten goroutine wake-ups a
+// second per viewer, most of them waking an idle thread. Media wakes the
+// writer at least every 33 ms.
+const idleTick = abrTick + abrTick/2
+
 // write is the viewer's one writer: it drains the subscriptions, switches
 // renditions at keyframes, pads probes, and checks the session's timers.
 //
@@ -559,7 +568,7 @@ func (s *session) write() {
 	s.abr.started(time.Now())
 	w := writer{buf: make([]media.Entry, 0, keptEntries), nextTick: time.Now().Add(abrTick)}
 	defer w.stopProbe()
-	tick.Reset(abrTick)
+	tick.Reset(idleTick)
 	for {
 		if cap(w.buf) > keptEntries {
 			// A burst (a joining viewer's cached GOP, a backlog behind the
@@ -593,7 +602,7 @@ func (s *session) write() {
 			go s.Close()
 			return
 		}
-		tick.Reset(abrTick)
+		tick.Reset(idleTick)
 	}
 }
 
