@@ -67,3 +67,30 @@ func TestPacing(t *testing.T) {
 		t.Errorf("audio paced at %d", r)
 	}
 }
+
+// TestPauseEnd: a pacer's pause lasts at least what it asked for, at most
+// a grid step more, and ends on the grid every viewer shares, so that
+// pauses asked for at different instants end together.
+func TestPauseEnd(t *testing.T) {
+	base := time.Date(2026, 12, 7, 2, 0, 0, 0, time.UTC)
+	for _, c := range []struct{ at, d time.Duration }{
+		{0, 8 * time.Millisecond},
+		{1234567, 8 * time.Millisecond},
+		{3 * time.Millisecond, 0},
+		{5 * time.Millisecond, 5 * time.Millisecond},
+		{999999999, maxPaceSleep},
+	} {
+		now := base.Add(c.at)
+		end := pauseEnd(now, c.d)
+		if end.Before(now.Add(c.d)) || end.Sub(now) > c.d+paceGrid {
+			t.Errorf("pause of %v at +%v ends after %v", c.d, c.at, end.Sub(now))
+		}
+		if end.UnixNano()%int64(paceGrid) != 0 {
+			t.Errorf("pause of %v at +%v ends off the grid, at %v", c.d, c.at, end)
+		}
+	}
+	// Two viewers: one asks for 9 ms at +0.5 ms, the other for 6 ms at +3 ms.
+	if a, b := pauseEnd(base.Add(500*time.Microsecond), 9*time.Millisecond), pauseEnd(base.Add(3*time.Millisecond), 6*time.Millisecond); !a.Equal(b) {
+		t.Errorf("pauses ending within one grid step end apart: %v and %v", a, b)
+	}
+}
