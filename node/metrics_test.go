@@ -44,8 +44,10 @@ func TestMetricsExposed(t *testing.T) {
 			t.Errorf("%s = %v, want > 0", name, v)
 		}
 	}
-	if !strings.Contains(text, "cascade_udp_packets_dropped_total") || !strings.Contains(text, "cascade_udp_gso_messages_total") {
-		t.Error("/metrics lacks the UDP socket's drop and GSO counters")
+	for _, name := range []string{"cascade_udp_packets_dropped_total", "cascade_udp_gso_messages_total", "cascade_udp_rtcp_polls_total", "cascade_udp_rtcp_polled_total"} {
+		if !strings.Contains(text, name) {
+			t.Errorf("/metrics lacks %s", name)
+		}
 	}
 }
 

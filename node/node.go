@@ -450,8 +450,8 @@ func (n *Node) Sessions() (publishers, viewers int) { return n.whip.Sessions(), 
 
 // registerSocketMetrics exports the shared UDP socket's writer: packets
 // the kernel took, packets dropped (queue full or refused), system calls,
-// and UDP GSO messages (several packets to one viewer in one segment
-// train).
+// UDP GSO messages (several packets to one viewer in one segment train),
+// and the drains of the polled RTCP socket.
 func registerSocketMetrics(pr prometheus.Registerer, eng *peer.Engine) {
 	stat := func(f func(peer.SocketStats) uint64) func() float64 {
 		return func() float64 { return float64(f(eng.SocketStats())) }
@@ -469,5 +469,9 @@ func registerSocketMetrics(pr prometheus.Registerer, eng *peer.Engine) {
 			stat(func(s peer.SocketStats) uint64 { return s.SegmentedPackets })),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "cascade_udp_unrouted_dropped_total", Help: "Datagrams for pion's sessions (publishers) dropped because its queue was full."},
 			stat(func(s peer.SocketStats) uint64 { return s.UnroutedDropped })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "cascade_udp_rtcp_polls_total", Help: "Drains of the UDP port's polled RTCP socket, which takes the viewers' RTCP while it arrives faster than 400 a second."},
+			stat(func(s peer.SocketStats) uint64 { return s.Polls })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "cascade_udp_rtcp_polled_total", Help: "RTCP datagrams read from the UDP port's polled socket."},
+			stat(func(s peer.SocketStats) uint64 { return s.Polled })),
 	)
 }

@@ -292,6 +292,9 @@ type SocketStats struct {
 	// UnroutedDropped counts datagrams for pion's sessions (publishers)
 	// dropped at a full queue.
 	UnroutedDropped uint64
+	// Polls counts the drains of the polled RTCP socket (rtcpsock.go),
+	// Polled the datagrams they read.
+	Polls, Polled uint64
 	// GSO is whether the socket still segments (it stops after an error).
 	GSO bool
 }
@@ -308,6 +311,10 @@ func (e *Engine) SocketStats() SocketStats {
 		st.SegmentedPackets += u.gsoPackets.Load()
 		st.UnroutedDropped += u.toPionDropped.Load()
 		st.GSO = st.GSO || u.gso.Load()
+		if u.poll != nil {
+			st.Polls += u.poll.polls.Load()
+			st.Polled += u.poll.polled.Load()
+		}
 	}
 	return st
 }
@@ -400,7 +407,13 @@ func (e *Engine) listenUDP(listen string, lf *slogFactory) error {
 		if err != nil {
 			e.log.Info("UDP port without a write-only socket; sends wake the network poller", "error", err)
 		}
-		s := newSocket(uc, wfd, &e.routes)
+		pfd := -1
+		if wfd >= 0 {
+			if pfd, err = openPollSocket(uc); err != nil {
+				e.log.Info("UDP port without a polled socket; RTCP is read as it arrives", "error", err)
+			}
+		}
+		s := newSocket(uc, wfd, pfd, &e.routes)
 		e.udp = append(e.udp, s)
 		muxes = append(muxes, ice.NewUDPMuxDefault(ice.UDPMuxParams{Logger: lf.NewLogger("ice-udp"), UDPConn: s.pion}))
 	}

@@ -2,7 +2,6 @@ package peer
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"syscall"
 
@@ -59,14 +58,11 @@ func openWriteSocket(read *net.UDPConn) (int, error) {
 		return -1, err
 	}
 	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		prog := unix.SockFprog{Len: uint16(len(steerToFirst)), Filter: &steerToFirst[0]}
-		serr = unix.SetsockoptSockFprog(int(fd), unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &prog)
-	}); err != nil {
+	if err := rc.Control(func(fd uintptr) { serr = steer(int(fd), steerToFirst) }); err != nil {
 		return -1, err
 	}
 	if serr != nil {
-		return -1, fmt.Errorf("steer the reuseport group: %w", serr)
+		return -1, serr
 	}
 	la := read.LocalAddr().(*net.UDPAddr)
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)

@@ -21,7 +21,10 @@ type socket struct {
 	*batchConn
 	routes *routes
 	pion   *pionConn
-	done   chan struct{}
+	// poll reads RTCP while the port is busy (rtcpsock.go); nil without
+	// the polled socket.
+	poll *poller
+	done chan struct{}
 	// toPionDropped counts datagrams for pion dropped at a full queue.
 	toPionDropped atomic.Uint64
 }
@@ -35,23 +38,27 @@ const maxDatagram = 8192
 // goroutine takes to come back for the next one.
 const pionQueue = 1024
 
-func newSocket(c *net.UDPConn, wfd int, r *routes) *socket {
+// newSocket runs the port of read socket c, with its written socket wfd
+// and its polled socket pfd (each -1 if the port has none).
+func newSocket(c *net.UDPConn, wfd, pfd int, r *routes) *socket {
 	s := &socket{batchConn: newBatchConn(c, wfd), routes: r, done: make(chan struct{})}
 	s.pion = &pionConn{s: s, queue: make(chan datagram, pionQueue), closed: make(chan struct{})}
+	if pfd >= 0 {
+		s.poll = newPoller(s, pfd)
+	}
 	go s.read()
 	return s
 }
 
-// read is the socket's one reader; it ends when the socket is closed.
+// read is the socket's reader; it ends when the socket is closed. It
+// counts the RTCP it reads, and hands RTCP to the poller above pollAbove
+// a second.
 func (s *socket) read() {
 	defer close(s.done)
 	defer s.pion.Close()
 	r := &receiver{}
-	r.recv = r.recvmmsg
-	for i := range r.msgs {
-		r.iov[i] = unix.Iovec{Base: &r.bufs[i][0]}
-		r.iov[i].SetLen(maxDatagram)
-	}
+	r.init()
+	from, rtcp := time.Now(), 0
 	for {
 		r.reset()
 		if err := s.raw.Read(r.recv); err != nil {
@@ -60,23 +67,53 @@ func (s *socket) read() {
 		if r.err != nil {
 			continue // e.g. ECONNREFUSED from an earlier send: the socket goes on
 		}
-		for i := range r.n {
-			m := &r.msgs[i]
-			if m.len == 0 || m.hdr.Flags&unix.MSG_TRUNC != 0 {
-				continue
+		rtcp += s.handle(r)
+		if s.poll == nil {
+			continue
+		}
+		s.poll.media()
+		if now := time.Now(); now.Sub(from) >= pollWindow {
+			if rtcp*int(time.Second/pollWindow) >= pollAbove && !s.poll.on.Load() {
+				s.poll.busy()
 			}
-			b := r.bufs[i][:m.len]
-			name := &r.names[i]
-			port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&name.Port))[:])
-			addr := netip.AddrPortFrom(netip.AddrFrom4(name.Addr), port)
-			p := Path{udp: s, addr: addr}
-			if h := s.routes.route(b, p); h != nil {
-				h.HandlePacket(b, p)
-				continue
-			}
-			s.pion.deliver(b, addr)
+			from, rtcp = now, 0
 		}
 	}
+}
+
+// handle hands each datagram r read to its transport, and reports how
+// many were RTCP.
+func (s *socket) handle(r *receiver) int {
+	rtcp := 0
+	for i := range r.n {
+		m := &r.msgs[i]
+		if m.len == 0 || m.hdr.Flags&unix.MSG_TRUNC != 0 {
+			continue
+		}
+		b := r.bufs[i][:m.len]
+		if isRTCP(b) {
+			rtcp++
+		}
+		name := &r.names[i]
+		port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&name.Port))[:])
+		addr := netip.AddrPortFrom(netip.AddrFrom4(name.Addr), port)
+		p := Path{udp: s, addr: addr}
+		if h := s.routes.route(b, p); h != nil {
+			h.HandlePacket(b, p)
+			continue
+		}
+		s.pion.deliver(b, addr)
+	}
+	return rtcp
+}
+
+// steer attaches prog to the port's reuseport group.
+func (s *socket) steer(prog []unix.SockFilter) error {
+	var serr error
+	if err := s.raw.Control(func(fd uintptr) { serr = steer(int(fd), prog) }); err != nil {
+		return err
+	}
+	return serr
 }
 
 // recvBatch is how many datagrams one recvmmsg(2) may take.
@@ -92,6 +129,15 @@ type receiver struct {
 	recv  func(fd uintptr) bool // recvmmsg, for RawConn.Read
 	n     int
 	err   error
+}
+
+// init points the message buffers at the receiver's own.
+func (r *receiver) init() {
+	r.recv = r.recvmmsg
+	for i := range r.msgs {
+		r.iov[i] = unix.Iovec{Base: &r.bufs[i][0]}
+		r.iov[i].SetLen(maxDatagram)
+	}
 }
 
 // reset readies the headers for another call.
@@ -124,10 +170,13 @@ func (r *receiver) recvmmsg(fd uintptr) bool {
 	return true
 }
 
-// Close stops the socket and waits for its reader.
+// Close stops the socket and waits for its readers.
 func (s *socket) Close() error {
 	err := s.batchConn.Close()
 	<-s.done
+	if s.poll != nil {
+		s.poll.Close()
+	}
 	return err
 }
 
