@@ -10,35 +10,38 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A busy port reads RTCP on a timer.
+// A busy port reads RTCP when media wakes it.
 //
 // Every viewer sends RTCP on a clock of its own (transport-wide feedback
 // every 50-100 ms, receiver reports, NACKs), so at 100 viewers about 1 100
 // datagrams a second arrive spread evenly in time, and each one that finds
 // the process idle wakes a thread from epoll_wait: measured here, 650-720
 // wake-ups a second, and a context switch on this virtual machine costs
-// tens of microseconds. None of that RTCP is urgent to the microsecond:
-// a NACK answered a few milliseconds later is still answered within the
-// viewer's round trip, and the estimator reads the viewer's own arrival
-// times from the feedback, not ours.
+// tens of microseconds. None of that RTCP is urgent to the millisecond: a
+// NACK answered 10 ms later is still answered within the viewer's round
+// trip plus its jitter buffer, and the estimator reads the viewer's own
+// arrival times from the feedback, not ours.
 //
 // So the port has a third socket in its SO_REUSEPORT group, outside Go's
 // network poller, and once RTCP arrives faster than pollAbove a second the
 // group's program steers every RTCP datagram to it (RFC 5761's payload
 // types 192-223 with RTP's version bits; RFC 7983's first byte) while
 // everything else, a publisher's media above all, still reaches the read
-// socket at once. A goroutine drains the polled socket every pollEvery: a
-// wake-up a pollEvery however many viewers. Below pollBelow a second the
-// group steers everything back to the read socket, and an idle node waits
-// on the poller alone, as before. Arrivals at a socket outside the poller
-// wake nobody (a socket in it would: Go's epoll registration is
-// edge-triggered, so each arrival reports it anew).
+// socket at once. The read socket's reader, awake anyway for the media
+// (audio arrives every 20 ms), drains the polled socket after its batch,
+// at most every pollEvery; a timer does when no media came for pollIdle.
+// Below pollBelow a second the group steers everything back to the read
+// socket, and an idle node waits on the poller alone, as before.
+// Arrivals at a socket outside the poller wake nobody (a socket in it
+// would: Go's epoll registration is edge-triggered, so each arrival
+// reports it anew).
 
 const (
 	pollEvery = 5 * time.Millisecond
 	// pollIdle is the longest RTCP waits when no media arrives (the
-	// drains ride on media's wake-ups; see poller.media).
-	pollIdle  = 20 * time.Millisecond
+	// drains ride on media's wake-ups; see poller.media). Longer than
+	// audio's 20 ms packet interval, so that it fires only without media.
+	pollIdle  = 50 * time.Millisecond
 	pollAbove = 400 // RTCP datagrams a second, measured over pollWindow
 	pollBelow = 150
 	// pollWindow is how long a rate is measured before the mode changes.
