@@ -14,7 +14,8 @@ import (
 // HandlePacket is called on the reading goroutine of a UDP socket (shared by
 // every peer of that socket) or of one ICE-TCP connection: it must not
 // block, and must bound its work per packet. p is valid only during the
-// call.
+// call. While a port polls RTCP (rtcpsock.go), its RTCP is handled on
+// another goroutine than the rest: calls for one transport may overlap.
 type Handler interface {
 	HandlePacket(p []byte, from Path)
 }

@@ -106,13 +106,7 @@ func (c *countHandler) HandlePacket([]byte, Path) { c.n++ }
 // nothing: datagrams from many source ports all reach the read socket's
 // routes, and what a path writes arrives from the port's address.
 func TestWriteSocket(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.Listen, cfg.TCP = "127.0.0.1:0", false
-	e, err := New(cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
+	e := udpEngine(t)
 	if e.udp[0].wfd < 0 {
 		t.Fatal("no written socket on this kernel")
 	}
@@ -152,6 +146,20 @@ func TestWriteSocket(t *testing.T) {
 			t.Fatalf("reply %q from %v (%v), want pong from %v", buf[:n], from, err, e.UDPAddr())
 		}
 	}
+}
+
+// udpEngine is an engine on a loopback UDP port of its own, without
+// ICE-TCP, closed when the test ends.
+func udpEngine(t *testing.T) *Engine {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Listen, cfg.TCP = "127.0.0.1:0", false
+	e, err := New(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return e
 }
 
 type echoHandler struct{ got chan Path }

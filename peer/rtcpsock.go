@@ -83,25 +83,7 @@ func steer(fd int, prog []unix.SockFilter) error {
 // openPollSocket opens the polled socket of read's port, which must
 // already have its written socket (so that it takes pollIndex).
 func openPollSocket(read *net.UDPConn) (int, error) {
-	la := read.LocalAddr().(*net.UDPAddr)
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, err
-	}
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
-		unix.Close(fd)
-		return -1, err
-	}
-	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, socketBuffer) != nil {
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, socketBuffer)
-	}
-	sa := &unix.SockaddrInet4{Port: la.Port}
-	copy(sa.Addr[:], la.IP.To4())
-	if err := unix.Bind(fd, sa); err != nil {
-		unix.Close(fd)
-		return -1, err
-	}
-	return fd, nil
+	return joinGroup(read, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF)
 }
 
 // poller drains the polled socket while the group steers RTCP to it.
@@ -177,11 +159,10 @@ func (p *poller) run() {
 // media is called by the read socket's reader after each batch: while RTCP
 // is polled, it drains the socket if pollEvery has passed. The node is
 // awake then anyway, and media arrives at least 50 times a second.
-func (p *poller) media() {
+func (p *poller) media(now time.Time) {
 	if !p.on.Load() {
 		return
 	}
-	now := time.Now()
 	if now.UnixNano()-p.last.Load() < int64(pollEvery) || !p.mu.TryLock() {
 		return
 	}

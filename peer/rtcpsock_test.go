@@ -1,7 +1,6 @@
 package peer
 
 import (
-	"log/slog"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -25,13 +24,7 @@ func (c *kindCounter) HandlePacket(b []byte, _ Path) {
 // reach the read socket; every datagram reaches its handler either way;
 // and once RTCP slows below pollBelow, it goes back to the read socket.
 func TestRTCPPolled(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.Listen, cfg.TCP = "127.0.0.1:0", false
-	e, err := New(cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
+	e := udpEngine(t)
 	s := e.udp[0]
 	if s.poll == nil {
 		t.Skip("no polled socket on this kernel")

@@ -64,6 +64,13 @@ func openWriteSocket(read *net.UDPConn) (int, error) {
 	if serr != nil {
 		return -1, serr
 	}
+	return joinGroup(read, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF)
+}
+
+// joinGroup opens a non-blocking socket bound to read's address, in its
+// SO_REUSEPORT group, with a socketBuffer-sized buffer (set with force,
+// or plain where force is not allowed). The caller owns it.
+func joinGroup(read *net.UDPConn, force, plain int) (int, error) {
 	la := read.LocalAddr().(*net.UDPAddr)
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -73,8 +80,8 @@ func openWriteSocket(read *net.UDPConn) (int, error) {
 		unix.Close(fd)
 		return -1, err
 	}
-	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, socketBuffer) != nil {
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, socketBuffer)
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, force, socketBuffer) != nil {
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, plain, socketBuffer)
 	}
 	sa := &unix.SockaddrInet4{Port: la.Port}
 	copy(sa.Addr[:], la.IP.To4())

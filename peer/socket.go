@@ -71,8 +71,9 @@ func (s *socket) read() {
 		if s.poll == nil {
 			continue
 		}
-		s.poll.media()
-		if now := time.Now(); now.Sub(from) >= pollWindow {
+		now := time.Now()
+		s.poll.media(now)
+		if now.Sub(from) >= pollWindow {
 			if rtcp*int(time.Second/pollWindow) >= pollAbove && !s.poll.on.Load() {
 				s.poll.busy()
 			}
