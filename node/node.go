@@ -453,25 +453,28 @@ func (n *Node) Sessions() (publishers, viewers int) { return n.whip.Sessions(), 
 // UDP GSO messages (several packets to one viewer in one segment train),
 // and the drains of the polled RTCP socket.
 func registerSocketMetrics(pr prometheus.Registerer, eng *peer.Engine) {
-	stat := func(f func(peer.SocketStats) uint64) func() float64 {
-		return func() float64 { return float64(f(eng.SocketStats())) }
+	for _, m := range []struct {
+		name, help string
+		value      func(peer.SocketStats) uint64
+	}{
+		{"cascade_udp_packets_sent_total", "Packets the shared WebRTC UDP socket handed to the kernel.",
+			func(s peer.SocketStats) uint64 { return s.Packets }},
+		{"cascade_udp_packets_dropped_total", "Packets the shared WebRTC UDP socket dropped: its write queue was full, or the kernel refused them.",
+			func(s peer.SocketStats) uint64 { return s.Dropped }},
+		{"cascade_udp_send_syscalls_total", "sendmmsg calls of the shared WebRTC UDP socket.",
+			func(s peer.SocketStats) uint64 { return s.Syscalls }},
+		{"cascade_udp_gso_messages_total", "UDP GSO messages sent (each several packets to one peer).",
+			func(s peer.SocketStats) uint64 { return s.Segmented }},
+		{"cascade_udp_gso_packets_total", "Packets sent inside UDP GSO messages.",
+			func(s peer.SocketStats) uint64 { return s.SegmentedPackets }},
+		{"cascade_udp_unrouted_dropped_total", "Datagrams for pion's sessions (publishers) dropped because its queue was full.",
+			func(s peer.SocketStats) uint64 { return s.UnroutedDropped }},
+		{"cascade_udp_rtcp_polls_total", "Drains of the UDP port's polled RTCP socket, which takes the viewers' RTCP while it arrives faster than 400 a second.",
+			func(s peer.SocketStats) uint64 { return s.Polls }},
+		{"cascade_udp_rtcp_polled_total", "RTCP datagrams read from the UDP port's polled socket.",
+			func(s peer.SocketStats) uint64 { return s.Polled }},
+	} {
+		pr.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: m.name, Help: m.help},
+			func() float64 { return float64(m.value(eng.SocketStats())) }))
 	}
-	pr.MustRegister(
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "cascade_udp_packets_sent_total", Help: "Packets the shared WebRTC UDP socket handed to the kernel."},
-			stat(func(s peer.SocketStats) uint64 { return s.Packets })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "cascade_udp_packets_dropped_total", Help: "Packets the shared WebRTC UDP socket dropped: its write queue was full, or the kernel refused them."},
-			stat(func(s peer.SocketStats) uint64 { return s.Dropped })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "cascade_udp_send_syscalls_total", Help: "sendmmsg calls of the shared WebRTC UDP socket."},
-			stat(func(s peer.SocketStats) uint64 { return s.Syscalls })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "cascade_udp_gso_messages_total", Help: "UDP GSO messages sent (each several packets to one peer)."},
-			stat(func(s peer.SocketStats) uint64 { return s.Segmented })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "cascade_udp_gso_packets_total", Help: "Packets sent inside UDP GSO messages."},
-			stat(func(s peer.SocketStats) uint64 { return s.SegmentedPackets })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "cascade_udp_unrouted_dropped_total", Help: "Datagrams for pion's sessions (publishers) dropped because its queue was full."},
-			stat(func(s peer.SocketStats) uint64 { return s.UnroutedDropped })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "cascade_udp_rtcp_polls_total", Help: "Drains of the UDP port's polled RTCP socket, which takes the viewers' RTCP while it arrives faster than 400 a second."},
-			stat(func(s peer.SocketStats) uint64 { return s.Polls })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "cascade_udp_rtcp_polled_total", Help: "RTCP datagrams read from the UDP port's polled socket."},
-			stat(func(s peer.SocketStats) uint64 { return s.Polled })),
-	)
 }
