@@ -5,6 +5,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -71,11 +72,17 @@ func isRTCP(b []byte) bool {
 	return len(b) >= 2 && b[0] >= 128 && b[0] < 192 && b[1] >= 192 && b[1] <= 223
 }
 
-// steer attaches prog to fd's reuseport group.
-func steer(fd int, prog []unix.SockFilter) error {
-	p := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
-	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &p); err != nil {
-		return fmt.Errorf("steer the reuseport group: %w", err)
+// steer attaches prog to the reuseport group of rc's socket.
+func steer(rc syscall.RawConn, prog []unix.SockFilter) error {
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		p := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
+		serr = unix.SetsockoptSockFprog(int(fd), unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &p)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("steer the reuseport group: %w", serr)
 	}
 	return nil
 }
@@ -137,7 +144,7 @@ func (p *poller) run() {
 		case <-p.stop:
 			return
 		case <-p.start:
-			if p.on.Load() || p.s.steer(steerRTCP) != nil {
+			if p.on.Load() || steer(p.s.raw, steerRTCP) != nil {
 				continue
 			}
 			p.mu.Lock()
@@ -178,7 +185,7 @@ func (p *poller) drain(now time.Time) {
 	n := p.read()
 	p.n += n
 	if now.Sub(p.from) >= pollWindow {
-		if p.n*int(time.Second/pollWindow) < pollBelow && p.s.steer(steerToFirst) == nil {
+		if p.n*int(time.Second/pollWindow) < pollBelow && steer(p.s.raw, steerToFirst) == nil {
 			p.on.Store(false)
 			p.read() // what arrived before the switch
 			p.idle.Stop()

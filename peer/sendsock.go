@@ -57,12 +57,8 @@ func openWriteSocket(read *net.UDPConn) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) { serr = steer(int(fd), steerToFirst) }); err != nil {
+	if err := steer(rc, steerToFirst); err != nil {
 		return -1, err
-	}
-	if serr != nil {
-		return -1, serr
 	}
 	return joinGroup(read, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF)
 }

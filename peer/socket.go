@@ -108,15 +108,6 @@ func (s *socket) handle(r *receiver) int {
 	return rtcp
 }
 
-// steer attaches prog to the port's reuseport group.
-func (s *socket) steer(prog []unix.SockFilter) error {
-	var serr error
-	if err := s.raw.Control(func(fd uintptr) { serr = steer(int(fd), prog) }); err != nil {
-		return err
-	}
-	return serr
-}
-
 // recvBatch is how many datagrams one recvmmsg(2) may take.
 const recvBatch = 16
 
