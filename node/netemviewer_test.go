@@ -89,7 +89,8 @@ type viewerReport struct {
 	// received that never arrived, retransmissions included.
 	Holes        []holeRec
 	DecodeErrors int
-	DecodeError  string // the first
+	DecodeError  string     // the first
+	Trace        []pktTrace `json:",omitempty"` // with netemDumpEnv
 }
 
 // frameRec is one video frame as the viewer saw it. Its packets are the
@@ -218,6 +219,7 @@ type rxPacket struct {
 	marker  bool
 	pad     bool
 	key     bool
+	late    bool   // arrived after a newer one: a repair
 	payload []byte // kept to decode, or when it carries an SPS
 }
 
@@ -368,6 +370,7 @@ func (v *netemViewer) read(tr *webrtc.TrackRemote) {
 			v.contig = v.ext - 1
 		}
 		ext := uint64(int64(v.ext) + int64(int16(p.SequenceNumber-uint16(v.ext))))
+		r.late = ext < v.ext
 		v.ext = max(v.ext, ext)
 		if _, ok := v.pkts[ext]; ok {
 			v.dups++
@@ -511,6 +514,22 @@ func (v *netemViewer) report(decode bool) *viewerReport {
 	}
 	if decode {
 		v.decode(frames, rep)
+	}
+	if netemDump() {
+		for _, s := range seqs {
+			r := v.pkts[s]
+			k := byte('m')
+			switch {
+			case r.pad:
+				k = 'p'
+			case r.key:
+				k = 'k'
+			}
+			if r.late {
+				k -= 'a' - 'A'
+			}
+			rep.Trace = append(rep.Trace, pktTrace{S: s, At: r.at, K: k})
+		}
 	}
 	rep.Frames = make([]frameRec, len(frames))
 	for i, f := range frames {

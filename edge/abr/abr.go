@@ -614,6 +614,13 @@ func (c *Controller) saturated(now, since time.Time, queue, minSpan time.Duratio
 	return float64(bytes) * 8 / span.Seconds() * fullPacket / (fullPacket + packetOverhead), true
 }
 
+// queueing reports whether the newest link sample shows every packet
+// queued: the link is full already, and padding on top would overflow it
+// before the feedback that stops a probe comes back through that queue.
+func (c *Controller) queueing(now time.Time) bool {
+	return c.sN > 0 && now.Sub(c.samples[c.sHead].at) <= satFresh && c.samples[c.sHead].queue >= satQueue
+}
+
 // OnRTT takes the viewer's round-trip time (from receiver reports or
 // TWCC). It tells how long to wait for a probe's acknowledgements.
 func (c *Controller) OnRTT(now time.Time, rtt time.Duration) {
@@ -947,7 +954,7 @@ func (c *Controller) stepUp(now time.Time, loss float64) {
 		return
 	}
 	c.probed = false
-	if now.Before(c.nextProbe) || !(c.chain || calm) || loss > c.cfg.LossProbeMax {
+	if now.Before(c.nextProbe) || !(c.chain || calm) || loss > c.cfg.LossProbeMax || c.queueing(now) {
 		return
 	}
 	if !c.rembAt.IsZero() && now.Sub(c.rembAt) <= rembTTL && c.remb < need {
@@ -1120,8 +1127,17 @@ func (c *Controller) loss(now time.Time) float64 {
 	return l
 }
 
+// probeRate is the rate a probe pads up to now: ramped from what was
+// delivered over its first quarter, and held down to that while the
+// receiver sees every packet queue. A probe the link carries does not
+// queue; one that queues would overflow the link (or a link that just
+// fell) long before its judgment, a round trip and a queue later, comes
+// back, and lost padding stalls the viewer's frames until it is repaired.
 func (c *Controller) probeRate(now time.Time) float64 {
 	p := &c.probe
+	if c.queueing(now) {
+		return p.from
+	}
 	ramp := c.cfg.ProbeDuration / 4
 	f := max(min(float64(now.Sub(p.start))/float64(ramp), 1), 0)
 	return p.from + (p.to-p.from)*f

@@ -420,3 +420,51 @@ func TestProbeJudgedOnTheWire(t *testing.T) {
 	}
 	t.Fatalf("still on %s after 5 s: a probe the link carries was judged by its RTP bytes (%+v)", d.Target, c.Stats())
 }
+
+// TestProbeHeldWhileQueueing: while the receiver sees every packet queue,
+// a probe asks for no padding above what was delivered, and no new probe
+// starts; once the queue drains the probe ramps on.
+func TestProbeHeldWhileQueueing(t *testing.T) {
+	r := newRig(t, DefaultConfig(), Limits{})
+	r.capacity = 10e6
+	r.run(time.Second)
+	for i := 0; !r.d.Probe.Active; i++ {
+		if i > 50 {
+			t.Fatal("no probe on an idle 10 Mbit/s link")
+		}
+		r.run(100 * time.Millisecond)
+	}
+	from := r.c.probe.from
+	r.run(100 * time.Millisecond) // past the ramp
+	if !r.d.Probe.Active || float64(r.d.Probe.Bitrate) <= 1.2*from {
+		t.Fatalf("probe not ramped up: %+v (from %.0f)", r.d.Probe, from)
+	}
+	// Shorter than the span that judges a probe on the link's rate.
+	r.c.OnLinkSample(r.now, LinkSample{MinQueue: 40 * time.Millisecond, Bytes: 5000, WireBytes: 5250, Span: 50 * time.Millisecond})
+	if d := r.c.Tick(r.now); d.Probe.Active && float64(d.Probe.Bitrate) > from {
+		t.Fatalf("queueing link: probe asks for %d bit/s, more than the %.0f delivered", d.Probe.Bitrate, from)
+	}
+	r.c.OnLinkSample(r.now, LinkSample{MinQueue: 0, Bytes: 5000, WireBytes: 5250, Span: 50 * time.Millisecond})
+	if d := r.c.Tick(r.now); !d.Probe.Active || float64(d.Probe.Bitrate) <= 1.2*from {
+		t.Fatalf("drained link: probe still held: %+v", d.Probe)
+	}
+
+	// No probe starts into a queue.
+	c, err := New(DefaultConfig(), testLadder, Limits{}, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.OnRTT(t0, 0)
+	now := t0
+	for range 300 {
+		now = now.Add(10 * time.Millisecond)
+		c.OnSent(now, 1000)
+		c.OnDelivered(now, 1000, 1)
+		if now.Sub(t0)%(100*time.Millisecond) == 0 {
+			c.OnLinkSample(now, LinkSample{MinQueue: 15 * time.Millisecond, Bytes: 10000, WireBytes: 10500, Span: 100 * time.Millisecond})
+			if d := c.Tick(now); d.Probe.Active {
+				t.Fatalf("probe started at +%v into a link that queues", now.Sub(t0))
+			}
+		}
+	}
+}

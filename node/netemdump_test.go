@@ -1,0 +1,94 @@
+package node
+
+import (
+	"os"
+	"testing"
+	"time"
+)
+
+// netemDumpEnv set (to anything) makes the viewer keep every video
+// packet's arrival and BenchmarkABRLink log each run around the drop,
+// packet by packet: how the freezes there were made.
+const netemDumpEnv = "CASCADE_TEST_DUMP"
+
+func netemDump() bool { return os.Getenv(netemDumpEnv) != "" }
+
+// pktTrace is one video packet as the viewer received it.
+type pktTrace struct {
+	S  uint64 // extended sequence number
+	At int64  // arrival, Unix nanoseconds
+	K  byte   // 'p' padding, 'm' media, 'k' keyframe media; upper case: a repair
+}
+
+// dumpDrop logs the run's timeline (logRun), then from 0.3 s before the
+// drop to 3 s after it the link's drop count, each frame and the packets
+// as runs of one kind, then when padding was sent over the whole run.
+func dumpDrop(t testing.TB, r *linkRun) {
+	if !netemDump() {
+		return
+	}
+	logRun(t, r)
+	from, to := r.drop.Add(-300*time.Millisecond), r.drop.Add(3*time.Second)
+	in := func(ns int64) bool { return ns >= from.UnixNano() && ns <= to.UnixNano() }
+	rel := func(ns int64) time.Duration { return time.Unix(0, ns).Sub(r.drop).Round(time.Millisecond) }
+	for _, d := range r.drops {
+		if in(d.at.UnixNano()) {
+			t.Logf("    link drops %d at %v", d.n, d.at.Sub(r.drop).Round(time.Millisecond))
+		}
+	}
+	for _, f := range r.view.Frames {
+		if in(f.First) {
+			shown := "never"
+			if f.Render > 0 {
+				shown = rel(f.Render).String()
+			}
+			t.Logf("    frame ts=%d seq %d-%d key=%v complete=%v width=%d first %v done %v shown %s",
+				f.TS, f.S0, f.S1, f.Key, f.Complete, f.W, rel(f.First), rel(f.Done), shown)
+		}
+	}
+	var run []pktTrace
+	flush := func() {
+		if len(run) == 0 {
+			return
+		}
+		lo, hi := run[0].At, run[0].At
+		for _, p := range run {
+			lo, hi = min(lo, p.At), max(hi, p.At)
+		}
+		t.Logf("    packets %c %d-%d (%d) at %v..%v", run[0].K, run[0].S, run[len(run)-1].S, len(run), rel(lo), rel(hi))
+		run = run[:0]
+	}
+	for _, p := range r.view.Trace {
+		if !in(p.At) {
+			continue
+		}
+		if len(run) > 0 && (p.K != run[0].K || p.S != run[len(run)-1].S+1) {
+			flush()
+		}
+		run = append(run, p)
+	}
+	flush()
+
+	var start, last int64
+	n := 0
+	flushPad := func() {
+		if n > 0 {
+			t.Logf("    padding %.2f..%.2fs: %d packets", time.Unix(0, start).Sub(r.start).Seconds(), time.Unix(0, last).Sub(r.start).Seconds(), n)
+		}
+		n = 0
+	}
+	for _, p := range r.view.Trace {
+		if p.K != 'p' {
+			continue
+		}
+		if n > 0 && p.At-last > int64(300*time.Millisecond) {
+			flushPad()
+		}
+		if n == 0 {
+			start = p.At
+		}
+		last = p.At
+		n++
+	}
+	flushPad()
+}
