@@ -195,6 +195,7 @@ type netemViewer struct {
 	contig  uint64 // every sequence number up to it arrived or was given up on
 	holeSeq uint64 // the hole being waited for, since holeAt
 	holeAt  time.Time
+	keyAt   uint64 // the newest packet that begins a keyframe
 	lastPLI time.Time
 	ssrc    uint32
 	padding int
@@ -372,6 +373,9 @@ func (v *netemViewer) read(tr *webrtc.TrackRemote) {
 		ext := uint64(int64(v.ext) + int64(int16(p.SequenceNumber-uint16(v.ext))))
 		r.late = ext < v.ext
 		v.ext = max(v.ext, ext)
+		if startsKeyframe(r) {
+			v.keyAt = max(v.keyAt, ext)
+		}
 		if _, ok := v.pkts[ext]; ok {
 			v.dups++
 		} else {
@@ -385,7 +389,7 @@ func (v *netemViewer) read(tr *webrtc.TrackRemote) {
 }
 
 // watch gives up on a missing packet after netemGiveUp and asks for a
-// keyframe, at most twice a second.
+// keyframe, at most twice a second, unless one arrived after the packet.
 func (v *netemViewer) watch(ctx context.Context) {
 	defer v.wg.Done()
 	tick := time.NewTicker(50 * time.Millisecond)
@@ -409,7 +413,9 @@ func (v *netemViewer) watch(ctx context.Context) {
 				for v.contig++; v.contig < v.ext && v.pkts[v.contig+1] == nil; v.contig++ {
 				}
 				v.holeAt = time.Time{}
-				if now.Sub(v.lastPLI) >= 500*time.Millisecond {
+				// A keyframe received since the hole makes up for it, as
+				// it does for a browser: no request.
+				if v.keyAt <= v.holeSeq && now.Sub(v.lastPLI) >= 500*time.Millisecond {
 					pli, v.lastPLI = true, now
 					v.plis++
 				}
@@ -476,7 +482,12 @@ func (v *netemViewer) report(decode bool) *viewerReport {
 			pendingHole = true
 		}
 		if cur == nil {
-			cur = &frameBuild{frameRec: frameRec{TS: r.ts, S0: s, First: r.at}, holed: pendingHole}
+			// A keyframe that begins with its SPS starts afresh: a
+			// browser (libwebrtc's packet buffer) hands it to the decoder
+			// whatever was lost before it. Any other frame needs every
+			// sequence number since the frame before it.
+			holed := pendingHole && !startsKeyframe(r)
+			cur = &frameBuild{frameRec: frameRec{TS: r.ts, S0: s, First: r.at}, holed: holed}
 			pendingHole = false
 		}
 		cur.S1 = s
@@ -582,6 +593,10 @@ func (v *netemViewer) decode(frames []*frameBuild, rep *viewerReport) {
 		}
 	}
 }
+
+// startsKeyframe reports whether r begins a keyframe: it carries the SPS,
+// which comes first in an access unit.
+func startsKeyframe(r *rxPacket) bool { return r.key && h264.FindSPS(r.payload) != nil }
 
 // netemKeyframe reports whether an RTP payload carries an SPS or starts an
 // IDR slice. It is written apart from media/h264, as mediatest's is, so the

@@ -940,7 +940,10 @@ func (c *Controller) stepUp(now time.Time, loss float64) {
 	need := c.need(j)
 	calm := now.Sub(c.switchedAt) >= c.cfg.UpHold &&
 		(c.congestedAt.IsZero() || now.Sub(c.congestedAt) >= c.cfg.UpHold)
-	if min(c.raw(now), c.basis(now)) >= need && (c.probed || calm) {
+	// A climb on the estimate alone waits while the link queues: the
+	// estimate is about the link before the queue built, which may have
+	// just fallen. A probe's success is about the link now.
+	if min(c.raw(now), c.basis(now)) >= need && (c.probed || calm && !c.queueing(now)) {
 		reason := ReasonEstimateUp
 		if c.probed {
 			reason = ReasonProbeOK

@@ -468,3 +468,28 @@ func TestProbeHeldWhileQueueing(t *testing.T) {
 		}
 	}
 }
+
+// TestNoClimbIntoQueue: a climb the estimate alone allows waits while the
+// receiver sees every packet queue (the link may just have fallen under
+// the estimate), and is taken once the queue drains.
+func TestNoClimbIntoQueue(t *testing.T) {
+	r := newRig(t, DefaultConfig(), Limits{})
+	r.capacity = 20e6
+	r.run(10 * time.Second)
+	top := r.d.Target
+	r.c.Pin("360p")
+	r.run(time.Second)
+	r.c.Pin("auto")
+	queued := LinkSample{MinQueue: 15 * time.Millisecond, Bytes: 5000, WireBytes: 5250, Span: 50 * time.Millisecond}
+	for range 30 {
+		r.c.OnLinkSample(r.now, queued)
+		r.run(100 * time.Millisecond)
+		if r.d.Target != "360p" {
+			t.Fatalf("climbed to %s (%s) while the link queued", r.d.Target, r.d.Reason)
+		}
+	}
+	r.run(3 * time.Second)
+	if r.d.Target == "360p" {
+		t.Fatalf("no climb from 360p after the queue drained (on %s before the pin)", top)
+	}
+}
