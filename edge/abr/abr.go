@@ -76,9 +76,12 @@
 // same loss, and congestion bad enough for that brings raw down too.
 //
 // It goes up only when min(raw, basis) ≥ next × (1+UpMargin), which only a
-// probe can show, since a rung's own delivery stays below the next one's:
-// after UpHold of calm (no switch, no change of GCC's target), the caller
-// pads up to 1.1 × that need, ramped over the probe's first quarter. It
+// probe can show, since a rung's own delivery stays below the next one's;
+// neither such a climb nor a probe starts while the newest link sample
+// shows every packet queued, and a running probe pads no higher than
+// what was delivered while it does. After UpHold of calm (no switch, no
+// change of GCC's target), the caller pads up to 1.1 × that need, ramped
+// over the probe's first quarter. It
 // succeeds as soon as the acknowledgements over half its length reach the
 // need (in wire bytes less a full-size packet's overhead: padding packets
 // carry at most 255 bytes, and their overhead must not fail a rung whose
@@ -89,15 +92,18 @@
 // loss a probe causes fails it and is no reason to go down. A
 // success climbs at once and chains the next rung's probe, so the
 // 4 → 0.8 → 4 Mbps link climbs back two rungs in about 2 s (see the
-// simulation in sim_test.go and scenario_test.go). A failure
-// waits ProbeBackoffMin, doubling up to ProbeBackoffMax while failures
-// repeat; and the next attempt is only a check 15 % above what is proven,
+// simulation in sim_test.go and scenario_test.go). A failure waits
+// ProbeBackoffMin, doubling while failures repeat (a check's success does
+// not reset it, only a full probe's): up to ProbeBackoffMax while the
+// viewer is below the rung it left at a down-switch within 30 s, and up
+// to 8 s, jittered, under the ceiling its probes found. The next attempt
+// is only a check 15 % above what is proven,
 // then 50 % steps after each check that passes, so that a viewer parked
 // below a rung its link cannot carry pays a small queueing bump every few
 // seconds rather than a full overshoot, yet still notices a link that
 // recovered. A link measured saturated below a rung's need in the last
 // 10 s also starts with such a check. A full probe that failed is not
-// tried again for the same rung for 8 s unless a check shows the link
+// tried again for the same rung for about 8 s unless a check shows the link
 // carries more than it did then: a rung whose need is within a few
 // percent of the link would otherwise overflow it every few seconds.
 // Loss within 2 s of joining (the first media, Started), of any switch or
@@ -246,6 +252,11 @@ const (
 	// next goes up to stairStep × it, and so on up to the rung's need.
 	checkStep = 1.15
 	stairStep = 1.5
+	// recoverWindow is how long after a down-switch, while below the rung
+	// it left, failed probes back off no further than ProbeBackoffMax;
+	// otherwise up to ceilingBackoff.
+	recoverWindow  = 30 * time.Second
+	ceilingBackoff = 8 * time.Second
 	// minREMB: no receiver estimates less; below it a REMB is garbage.
 	minREMB = 10_000
 	// climbWatch: a climb undone by congestion this soon failed.
@@ -371,10 +382,10 @@ type Controller struct {
 	sHead, sN int
 	linkCap   float64 // the link's rate, when last seen saturated
 	linkCapAt time.Time
-	failIdx   int     // the rung a full probe last failed for; -1: none
-	failCap   float64 // the capacity it failed at
-	failAt    time.Time
+	failIdx   int           // the rung a full probe last failed for; -1: none
+	failCap   float64       // the capacity it failed at
 	failHeld  time.Duration // the hold after the last failure
+	failUntil time.Time     // its end: the failure's time + failHeld, jittered
 	settleAt  time.Time     // the last down-switch to a measured capacity
 
 	proven      float64
@@ -382,6 +393,7 @@ type Controller struct {
 	switchedAt  time.Time
 	begun       bool // Started was called, or the viewer switched
 	downAt      time.Time
+	downFrom    int // the rung the viewer left at the first down-switch of a recovery
 	climbedAt   time.Time
 	below       time.Time // when raw fell below the lowest rung; zero: it is not
 
@@ -796,7 +808,12 @@ func (c *Controller) judgeProbe(now time.Time, loss float64) {
 	p.active = false
 	c.stats.ProbesOK++
 	c.proven = max(c.proven, p.bar)
-	c.backoff = 0
+	if !p.check {
+		// A check's success only chains the full probe; the backoff
+		// goes when that succeeds, or a check that passes under a
+		// ceiling would restart the climb of the backoff each time.
+		c.backoff = 0
+	}
 	c.chain, c.nextProbe = true, now
 	c.probed = !p.check
 	c.stepFrom, c.stepMul = 0, 0
@@ -830,19 +847,50 @@ func (c *Controller) probeFailed(now time.Time) {
 			held = min(2*c.failHeld, failHoldMax)
 		}
 		c.failHeld = held
-		c.failIdx, c.failCap, c.failAt = c.probe.idx, min(got, 0.99*c.probe.bar), now
+		c.failIdx, c.failCap, c.failUntil = c.probe.idx, min(got, 0.99*c.probe.bar), now.Add(jitter(now, held))
 	}
 	c.chain = false
 	c.backOff(now)
 }
 
 func (c *Controller) backOff(now time.Time) {
+	// ProbeBackoffMax keeps the wait short while the link may come back.
+	// A viewer back on the rung it had (or that went down long ago) sits
+	// under the ceiling its probes found, and probing it every two
+	// seconds kept its link near full a fifth of the time, so that a link
+	// falling then met a probe.
+	ceiling := !c.recovering(now)
+	most := c.cfg.ProbeBackoffMax
+	if ceiling {
+		most = max(most, ceilingBackoff)
+	}
 	if c.backoff == 0 {
 		c.backoff = c.cfg.ProbeBackoffMin
 	} else {
-		c.backoff = min(2*c.backoff, c.cfg.ProbeBackoffMax)
+		c.backoff = min(2*c.backoff, most)
 	}
-	c.nextProbe = now.Add(c.backoff)
+	wait := c.backoff
+	if ceiling {
+		wait = jitter(now, wait)
+	}
+	c.nextProbe = now.Add(wait)
+}
+
+// jitter spreads d over ±25 %, by the microseconds of now: viewers that
+// joined together (a stream's start, a node's restart) would otherwise
+// repeat their probes in step, filling a shared uplink at once. The real
+// clock's microseconds are as good as a random draw here; a simulated
+// clock's stay put, which keeps simulations repeatable.
+func jitter(now time.Time, d time.Duration) time.Duration {
+	f := float64(now.UnixNano()/1e3%1024) / 1024
+	return time.Duration(float64(d) * (0.75 + 0.5*f))
+}
+
+// recovering reports whether the viewer is below the rung it left at a
+// down-switch less than recoverWindow ago: the link may come back, and
+// noticing it soon is worth frequent probes.
+func (c *Controller) recovering(now time.Time) bool {
+	return !c.downAt.IsZero() && now.Sub(c.downAt) <= recoverWindow && c.cur < c.downFrom
 }
 
 func (c *Controller) stepDown(now time.Time, loss float64) {
@@ -928,6 +976,9 @@ func (c *Controller) down(now time.Time, j int, reason string) {
 	c.climbedAt = time.Time{}
 	// The link has just changed: what an old probe measured is stale.
 	c.stepFrom = 0
+	if !c.recovering(now) || c.cur > c.downFrom {
+		c.downFrom = c.cur
+	}
 	c.downAt = now
 	c.set(now, j, reason)
 }
@@ -980,7 +1031,7 @@ func (c *Controller) stepUp(now time.Time, loss float64) {
 	p := probe{active: true, idx: j, from: from, to: need * probeOver, bar: need, start: now, end: now.Add(c.cfg.ProbeDuration + grace)}
 	if t := c.stepFrom * c.stepMul; t > from && t < need {
 		p.to, p.bar, p.check = t, checkOK*t, true
-	} else if j == c.failIdx && c.cur >= 0 && need > c.failCap && now.Sub(c.failAt) < c.failHeld {
+	} else if j == c.failIdx && c.cur >= 0 && need > c.failCap && now.Before(c.failUntil) {
 		// The same full probe failed at this capacity, and nothing since
 		// showed more: it would fail again, and fill the link again. (Not
 		// to resume video: that probe is small, and waited for.)

@@ -2,6 +2,7 @@ package abr
 
 import (
 	"math"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -127,7 +128,8 @@ func TestProbeRamps(t *testing.T) {
 }
 
 // TestProbeBackoff: while probes keep failing, the wait after each doubles
-// up to ProbeBackoffMax.
+// up to ProbeBackoffMax, give or take the jitter of a viewer under its
+// ceiling (this one never went down).
 func TestProbeBackoff(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.ProbeBackoffMax = 8 * time.Second
@@ -150,8 +152,9 @@ func TestProbeBackoff(t *testing.T) {
 		t.Fatalf("%d probes", len(starts))
 	}
 	for i, w := range want {
-		if gap := starts[i+1].Sub(ends[i]); gap < w*time.Second || gap > w*time.Second+100*time.Millisecond {
-			t.Errorf("wait after failure %d: %v, want %vs", i+1, gap, w)
+		lo, hi := jitter(time.Unix(0, 0), w*time.Second), jitter(time.Unix(0, 1023e3), w*time.Second)+100*time.Millisecond
+		if gap := starts[i+1].Sub(ends[i]); gap < lo || gap > hi {
+			t.Errorf("wait after failure %d: %v, want %v ±25 %%", i+1, gap, w*time.Second)
 		}
 	}
 	if s := r.c.Stats(); s.ProbesOK != 0 || s.Ups != 0 || s.Downs != 0 {
@@ -491,5 +494,84 @@ func TestNoClimbIntoQueue(t *testing.T) {
 	r.run(3 * time.Second)
 	if r.d.Target == "360p" {
 		t.Fatalf("no climb from 360p after the queue drained (on %s before the pin)", top)
+	}
+}
+
+// TestCeilingBackoff: under a ceiling its probes found (a link that
+// carries 3.6 Mbit/s, under a rung that needs more), a viewer's failed
+// probes back off up to ceilingBackoff, so it probes a small share of the
+// time; after a down-switch they back off no further than
+// ProbeBackoffMax, so a recovered link is soon noticed.
+func TestCeilingBackoff(t *testing.T) {
+	r := newRig(t, DefaultConfig(), Limits{})
+	r.capacity = 3.6e6
+	probing := func(d time.Duration) (busy time.Duration, gaps []time.Duration) {
+		var start, end time.Time
+		active := r.d.Probe.Active
+		if active {
+			start = r.now
+		}
+		for stop := r.now.Add(d); r.now.Before(stop); {
+			r.run(100 * time.Millisecond)
+			switch {
+			case r.d.Probe.Active && !active:
+				if !end.IsZero() {
+					gaps = append(gaps, r.now.Sub(end))
+				}
+				start = r.now
+			case !r.d.Probe.Active && active:
+				busy += r.now.Sub(start)
+				end = r.now
+			}
+			active = r.d.Probe.Active
+		}
+		return busy, gaps
+	}
+	probing(10 * time.Second)
+	if r.d.Target != "720p" {
+		t.Fatalf("on %s under a 3.6 Mbit/s link, want 720p", r.d.Target)
+	}
+	if busy, gaps := probing(60 * time.Second); busy > 6*time.Second {
+		t.Errorf("under its ceiling the viewer probed %v of 60 s (waits %v)", busy, gaps)
+	}
+
+	r.capacity = 800e3
+	probing(3 * time.Second)
+	if r.d.Target == "720p" {
+		t.Fatalf("still on 720p on a link that fell to 800 kbit/s")
+	}
+	_, gaps := probing(15 * time.Second)
+	if len(gaps) == 0 {
+		t.Fatal("no probes after the fall")
+	}
+	for _, g := range gaps {
+		if g > DefaultConfig().ProbeBackoffMax+200*time.Millisecond {
+			t.Errorf("after a down-switch a probe waited %v (all waits %v)", g, gaps)
+			break
+		}
+	}
+
+	// Back on the rung it left, it is under its ceiling again.
+	r.capacity = 3.6e6
+	probing(10 * time.Second)
+	if r.d.Target != "720p" {
+		t.Fatalf("on %s after the link came back, want 720p", r.d.Target)
+	}
+	if _, gaps := probing(20 * time.Second); len(gaps) == 0 || slices.Min(gaps) < ceilingBackoff/2 {
+		t.Errorf("back under its ceiling the viewer probed again after %v", gaps)
+	}
+}
+
+// TestJitter: waits spread over ±25 % with the clock's microseconds.
+func TestJitter(t *testing.T) {
+	const d = 8 * time.Second
+	lo, hi := time.Duration(math.MaxInt64), time.Duration(0)
+	base := time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)
+	for i := range 2048 {
+		j := jitter(base.Add(time.Duration(i)*time.Microsecond), d)
+		lo, hi = min(lo, j), max(hi, j)
+	}
+	if lo < 6*time.Second || hi >= 10*time.Second || hi-lo < 3900*time.Millisecond {
+		t.Fatalf("jitter of %v spans %v..%v, want about 6s..10s", d, lo, hi)
 	}
 }

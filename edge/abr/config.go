@@ -30,7 +30,10 @@ type Config struct {
 	ProbeDuration time.Duration `yaml:"probe_duration"`
 	// ProbeBackoffMin and ProbeBackoffMax bound the wait after a failed
 	// probe, which doubles with each failure in a row. The maximum is also
-	// the longest a recovered link waits to be noticed.
+	// the longest a recovered link waits to be noticed: it holds while the
+	// viewer is below the rung it left at a down-switch, for up to 30 s.
+	// Otherwise the viewer is under the ceiling its probes found, and
+	// waits up to 8 s (or the maximum, if longer).
 	ProbeBackoffMin time.Duration `yaml:"probe_backoff_min"`
 	ProbeBackoffMax time.Duration `yaml:"probe_backoff_max"`
 	// LossDown is the loss fraction (receiver reports, or NACKs per packet)
@@ -47,7 +50,8 @@ type Config struct {
 // 4 → 0.8 → 4 Mbps link: down within 1 s, up within 5 s, 90 % of the time
 // on the best rung that fits. ProbeBackoffMax bounds the time to notice a
 // recovered link, so it is kept short; what keeps frequent probes cheap is
-// that after a failure they only go 15 % above what the link carried.
+// that after a failure they only go 15 % above what the link carried, and
+// that away from a down-switch they back off further.
 func DefaultConfig() Config {
 	return Config{
 		StartBitrate:    600_000,
