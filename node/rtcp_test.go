@@ -26,7 +26,8 @@ func videoSSRC(t *testing.T, v *mediatest.Viewer) uint32 {
 // TestHostileViewerRTCP: one viewer sends what a broken or hostile client
 // could: a NACK for thousands of packets, a flood of keyframe requests,
 // REMBs of 0 and of the largest value, TWCC feedback declaring 65 535
-// packets, and malformed packets. The server does bounded work for each,
+// packets, receiver reports answering sender reports never sent, and
+// malformed packets. The server does bounded work for each,
 // counts what it refused, asks the publisher for at most one keyframe a
 // second, and another viewer's frames keep coming, as do the hostile one's.
 func TestHostileViewerRTCP(t *testing.T) {
@@ -63,6 +64,13 @@ func TestHostileViewerRTCP(t *testing.T) {
 		}
 	}
 	send(nack)
+	// Receiver reports answering no sender report the server made: one an
+	// hour old, one held for longer than there has been. Neither tells a
+	// round trip.
+	rtt0 := metricValue(t, n, "cascade_viewer_rtt_seconds_sum")
+	mid := uint32(uint64(time.Now().Unix()+2_208_988_800) << 16)
+	send(&rtcp.ReceiverReport{Reports: []rtcp.ReceptionReport{{SSRC: ssrc, LastSenderReport: mid - 3600<<16}}})
+	send(&rtcp.ReceiverReport{Reports: []rtcp.ReceptionReport{{SSRC: ssrc, LastSenderReport: mid, Delay: 60 << 16}}})
 	const plis = 50
 	for i := 0; i < plis; i++ {
 		send(&rtcp.PictureLossIndication{MediaSSRC: ssrc})
@@ -95,6 +103,9 @@ func TestHostileViewerRTCP(t *testing.T) {
 	}
 	if got := metricValue(t, n, "cascade_viewer_retransmits_total") - rtx0; got > 256 {
 		t.Errorf("%v retransmissions for one compound, want at most 256", got)
+	}
+	if got := metricValue(t, n, "cascade_viewer_rtt_seconds_sum") - rtt0; got > 1 {
+		t.Errorf("forged receiver reports added %.1f s of round trips", got)
 	}
 	if got := st.Video.Stats().KeyframeRequests - keyReqs0; got > 2 {
 		t.Errorf("%d keyframe requests sent upstream for %d PLIs in well under 2 s, want at most 2", got, plis)

@@ -34,6 +34,7 @@ func ntpToTime(ntp uint64) time.Time {
 // its RTP time advances at the track's clock rate and sits near the
 // timestamps the viewer is receiving, and its counts follow what was sent.
 // (The session makes these reports itself, without pion's interceptor.)
+// The viewer's receiver reports answering them give its round trip.
 func TestSenderReports(t *testing.T) {
 	n := startNode(t)
 	publish(t, n, "live", mediatest.PublisherOptions{})
@@ -77,6 +78,14 @@ func TestSenderReports(t *testing.T) {
 		defer mu.Unlock()
 		return len(reports[webrtc.RTPCodecTypeVideo]) >= 3 && len(reports[webrtc.RTPCodecTypeAudio]) >= 3
 	})
+	// The viewer's receiver reports answer them: the round trip they
+	// tell, on loopback, is a few milliseconds.
+	eventually(t, "a round trip from receiver reports", 5*time.Second, func() bool {
+		return metricValue(t, n, "cascade_viewer_rtt_seconds_count") > 0
+	})
+	if avg := metricValue(t, n, "cascade_viewer_rtt_seconds_sum") / metricValue(t, n, "cascade_viewer_rtt_seconds_count"); avg > 0.1 {
+		t.Errorf("round trip on loopback %.3f s, from receiver reports", avg)
+	}
 	v.PC.Close()
 	wg.Wait()
 

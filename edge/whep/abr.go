@@ -149,6 +149,12 @@ func (a *viewerABR) onLoss(now time.Time, f float64) {
 	}
 }
 
+func (a *viewerABR) onRTT(now time.Time, rtt time.Duration) {
+	if a.ctl != nil {
+		a.ctl.OnRTT(now, rtt)
+	}
+}
+
 func (a *viewerABR) onREMB(now time.Time, bps float64) {
 	if a.ctl != nil {
 		a.ctl.OnREMB(now, bps)

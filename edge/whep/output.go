@@ -603,6 +603,27 @@ func (o *output) senderReport(now time.Time) *rtcp.SenderReport {
 	}
 }
 
+// rttFromReport is the round trip a receiver report block tells (RFC 3550,
+// section 6.4.1): its arrival less the middle 32 bits of the NTP time of
+// the sender report it answers (lsr) and the time the receiver held that
+// report (dlsr), both in 1/65536 s. No report answered (lsr 0), a result
+// below zero (a report from before a clock step, or forged) or above
+// maxReportRTT tells nothing.
+func rttFromReport(now time.Time, lsr, dlsr uint32) (time.Duration, bool) {
+	if lsr == 0 {
+		return 0, false
+	}
+	d := int32(uint32(ntpTime(now)>>16) - lsr - dlsr)
+	rtt := time.Duration(int64(d) * int64(time.Second) >> 16)
+	if d < 0 || rtt > maxReportRTT {
+		return 0, false
+	}
+	return rtt, true
+}
+
+// maxReportRTT bounds a plausible round trip from a receiver report.
+const maxReportRTT = 10 * time.Second
+
 // ntpTime is t as a 64-bit NTP timestamp (RFC 3550, section 4).
 func ntpTime(t time.Time) uint64 {
 	const unixToNTP = 2_208_988_800 // seconds from 1900 to 1970

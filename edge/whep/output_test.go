@@ -94,3 +94,29 @@ func TestPauseEnd(t *testing.T) {
 		t.Errorf("pauses ending within one grid step end apart: %v and %v", a, b)
 	}
 }
+
+// TestRTTFromReport: a receiver report answering a sender report gives the
+// round trip less the receiver's hold; no answer, a negative or an absurd
+// result gives none.
+func TestRTTFromReport(t *testing.T) {
+	sent := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	lsr := uint32(ntpTime(sent) >> 16)
+	hold := uint32(50 * 65536 / 1000) // 50 ms
+	rtt, ok := rttFromReport(sent.Add(130*time.Millisecond), lsr, hold)
+	if !ok || rtt < 79*time.Millisecond || rtt > 81*time.Millisecond {
+		t.Errorf("rtt %v %v, want 80ms", rtt, ok)
+	}
+	for _, c := range []struct {
+		name      string
+		at        time.Time
+		lsr, dlsr uint32
+	}{
+		{"no sender report answered", sent.Add(time.Second), 0, 0},
+		{"held longer than the round trip", sent.Add(10 * time.Millisecond), lsr, hold},
+		{"older than a plausible round trip", sent.Add(time.Minute), lsr, 0},
+	} {
+		if rtt, ok := rttFromReport(c.at, c.lsr, c.dlsr); ok {
+			t.Errorf("%s: rtt %v", c.name, rtt)
+		}
+	}
+}

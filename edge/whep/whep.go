@@ -98,6 +98,7 @@ type metrics struct {
 	rungViewers   *prometheus.GaugeVec
 	switches      *prometheus.CounterVec
 	estimate      prometheus.Histogram
+	rtt           prometheus.Histogram
 	probes        *prometheus.CounterVec
 	firstFrame    prometheus.Histogram
 	pausedSeconds prometheus.Counter
@@ -131,6 +132,8 @@ func New(eng *peer.Engine, streams Streams, pr prometheus.Registerer, log *slog.
 	m.switches = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cascade_abr_switches_total", Help: "Rendition switches completed, by direction and reason."}, []string{"direction", "reason"})
 	m.estimate = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cascade_abr_estimate_bps", Help: "Viewers' usable bandwidth estimates, sampled once a second per viewer.",
 		Buckets: prometheus.ExponentialBuckets(100e3, 2, 10)})
+	m.rtt = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cascade_viewer_rtt_seconds", Help: "Viewers' round-trip times, from their receiver reports (about one a second per viewer).",
+		Buckets: prometheus.ExponentialBuckets(0.005, 2, 10)})
 	m.probes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cascade_abr_probes_total", Help: "Bandwidth probes before climbing, by outcome."}, []string{"outcome"})
 	m.firstFrame = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cascade_viewer_first_frame_seconds", Help: "Time from a viewer's WHEP POST to its first video packet sent.",
 		Buckets: prometheus.ExponentialBuckets(0.05, 2, 8)})
@@ -142,7 +145,7 @@ func New(eng *peer.Engine, streams Streams, pr prometheus.Registerer, log *slog.
 		Help: "Packets from viewers refused before use: failed authentication or format (unauthenticated), or over the per-viewer rate limit (rate_limited)."}, []string{"reason"})
 	pr.MustRegister(m.badRTCP, m.refused)
 	pr.MustRegister(m.viewers, m.packets, m.bytes, m.drops, m.nacks, m.retransmits, m.plis,
-		m.rungViewers, m.switches, m.estimate, m.probes, m.firstFrame, m.pausedSeconds, m.audioOnly, m.eventsDropped)
+		m.rungViewers, m.switches, m.estimate, m.rtt, m.probes, m.firstFrame, m.pausedSeconds, m.audioOnly, m.eventsDropped)
 	return &Endpoint{eng: eng, streams: streams, log: log.With("component", "whep"), m: m}
 }
 
@@ -477,9 +480,16 @@ func (s *session) onRTCP(now time.Time, p []byte, budget *int) bool {
 			return false
 		}
 		ssrc := s.video.track.ssrc()
+		rttSeen := false
 		for _, r := range rr.Reports {
 			if r.SSRC == ssrc {
 				s.abr.onLoss(now, float64(r.FractionLost)/256)
+			}
+			// Either track's report tells the transport's round trip.
+			if rtt, ok := rttFromReport(now, r.LastSenderReport, r.Delay); ok && !rttSeen && s.output(r.SSRC) != nil {
+				rttSeen = true
+				s.e.m.rtt.Observe(rtt.Seconds())
+				s.abr.onRTT(now, rtt)
 			}
 		}
 	}
