@@ -486,7 +486,10 @@ func (s *session) onRTCP(now time.Time, p []byte, budget *int) bool {
 				s.abr.onLoss(now, float64(r.FractionLost)/256)
 			}
 			// Either track's report tells the transport's round trip.
-			if rtt, ok := rttFromReport(now, r.LastSenderReport, r.Delay); ok && !rttSeen && s.output(r.SSRC) != nil {
+			if rttSeen || s.output(r.SSRC) == nil {
+				continue
+			}
+			if rtt, ok := rttFromReport(now, r.LastSenderReport, r.Delay); ok {
 				rttSeen = true
 				s.e.m.rtt.Observe(rtt.Seconds())
 				s.abr.onRTT(now, rtt)
