@@ -7,6 +7,7 @@ import (
 	"github.com/pion/rtp"
 
 	"github.com/cascade-cdn/cascade/media"
+	"github.com/cascade-cdn/cascade/peer/lite"
 )
 
 // TestNACKCountedOnce: a receiver asks again for a packet whose repair is
@@ -117,6 +118,27 @@ func TestRTTFromReport(t *testing.T) {
 	} {
 		if rtt, ok := rttFromReport(c.at, c.lsr, c.dlsr); ok {
 			t.Errorf("%s: rtt %v", c.name, rtt)
+		}
+	}
+}
+
+// TestPadTrack: a probe's padding rides the audio once it flows and the
+// viewer counts audio in its transport-wide feedback; otherwise the video.
+func TestPadTrack(t *testing.T) {
+	video := &output{begun: true, track: &track{tr: &lite.Track{Kind: "video", TWCC: true}}}
+	for _, c := range []struct {
+		name        string
+		audio       *output
+		wantOnAudio bool
+	}{
+		{"audio counted", &output{begun: true, track: &track{tr: &lite.Track{Kind: "audio", TWCC: true}}}, true},
+		{"audio not begun", &output{track: &track{tr: &lite.Track{Kind: "audio", TWCC: true}}}, false},
+		{"audio not in the feedback", &output{begun: true, track: &track{tr: &lite.Track{Kind: "audio"}}}, false},
+		{"no audio", nil, false},
+	} {
+		s := &session{video: video, audio: c.audio}
+		if got := s.padTrack(); (got == c.audio && got != nil) != c.wantOnAudio || got == nil {
+			t.Errorf("%s: padding on %v", c.name, got.track.tr.Kind)
 		}
 	}
 }

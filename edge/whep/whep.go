@@ -499,6 +499,20 @@ func (s *session) onRTCP(now time.Time, p []byte, budget *int) bool {
 	return true
 }
 
+// padTrack is the output a probe's padding rides: the audio's once it
+// flows, if the viewer counts audio in its transport-wide feedback.
+// Padding takes sequence numbers of its track, and a receiver assembles a
+// video frame only once it has every number before it, so padding lost to
+// a link that fell under a probe stalled the video until its repairs
+// crossed the full queue. An audio receiver plays by timestamp and asks
+// for no repairs. Owned by the writer goroutine.
+func (s *session) padTrack() *output {
+	if s.audio != nil && s.audio.begun && s.audio.track.tr.TWCC {
+		return s.audio
+	}
+	return s.video
+}
+
 // output is the track sent with ssrc, or nil.
 func (s *session) output(ssrc uint32) *output {
 	for _, o := range []*output{s.video, s.audio} {
@@ -607,7 +621,7 @@ func (s *session) write() {
 				continue
 			}
 		case now = <-w.probeC:
-			s.abr.pad(now, s.video)
+			s.abr.pad(now, s.padTrack())
 			continue
 		case now = <-tick.C:
 		}

@@ -71,7 +71,7 @@ func answer(o *offer, ufrag, pwd, fingerprint string, candidates []string, video
 			tr = audio
 		}
 		if tr != nil && m.recv {
-			tr.MID, tr.PT = m.mid, uint8(m.pt)
+			tr.MID, tr.PT, tr.TWCC = m.mid, uint8(m.pt), o.twccID != 0 && m.twcc
 			b.WriteString("a=sendonly\r\n")
 			fmt.Fprintf(&b, "a=msid:%s %s\r\n", cname, tr.Kind)
 		} else {

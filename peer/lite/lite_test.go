@@ -491,6 +491,9 @@ func TestAnswerShape(t *testing.T) {
 			if tr.Video() == nil || tr.Audio() == nil {
 				t.Fatal("a kind is not sent")
 			}
+			if want := strings.Contains(offer, TransportCCURI); tr.Video().TWCC != want || tr.Audio().TWCC != want {
+				t.Errorf("tracks' TWCC %v/%v, want %v", tr.Video().TWCC, tr.Audio().TWCC, want)
+			}
 			video := d.MediaDescriptions[0]
 			fmtp, _ := video.Attribute("fmtp")
 			if !strings.HasSuffix(fmtp, h264Fmtp) || strings.Contains(answer, "profile-level-id=42001f") {
@@ -729,5 +732,30 @@ func TestWeDialDTLS(t *testing.T) {
 	})
 	if letGo(tr) {
 		t.Error("a DTLS client's connection was let go without its record keys")
+	}
+}
+
+// TestTWCCPerSection: a track counts in the viewer's transport-wide
+// feedback only if its own section offered the extension.
+func TestTWCCPerSection(t *testing.T) {
+	e := testEngine(t, true)
+	offer := offers(t)["chrome"]
+	audio := strings.Index(offer, "m=audio")
+	i := strings.Index(offer[max(audio, 0):], "a=extmap:3 "+TransportCCURI)
+	if audio < 0 || i < 0 {
+		t.Fatal("the Chrome sample has no transport-cc in its audio section")
+	}
+	line, rest, _ := strings.Cut(offer[audio+i:], "\n")
+	offer = offer[:audio+i] + rest
+	if strings.Count(offer, TransportCCURI) != 1 {
+		t.Fatalf("took out %q, but the offer still has it %d times", line, strings.Count(offer, TransportCCURI))
+	}
+	tr, _, err := New(e, Params{Offer: offer, Video: true, Audio: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if !tr.Video().TWCC || tr.Audio().TWCC {
+		t.Errorf("video TWCC %v, audio %v; want true, false", tr.Video().TWCC, tr.Audio().TWCC)
 	}
 }

@@ -40,6 +40,9 @@ type offerMedia struct {
 	// pt is the payload type to send with: H.264 constrained baseline with
 	// packetization-mode 1 for video, Opus for audio; -1 if none.
 	pt int
+	// twcc: the section offers transport-wide sequence numbers, so the
+	// viewer counts its packets in its feedback.
+	twcc bool
 }
 
 // parseOffer reads the parts of an offer the answer is made from. Errors
@@ -79,6 +82,9 @@ func parseOffer(s string) (*offer, error) {
 			switch a.Key {
 			case "sendonly", "inactive":
 				m.recv = false
+			case "extmap":
+				_, uri, ok := parseExtmap(a.Value)
+				m.twcc = m.twcc || ok && uri == TransportCCURI
 			}
 		}
 		if md.MediaName.Port.Value == 0 {

@@ -49,6 +49,9 @@ type Track struct {
 	SSRC uint32
 	MID  string
 	PT   uint8
+	// TWCC: the viewer's section for the track offered transport-wide
+	// sequence numbers, so its packets count in the viewer's feedback.
+	TWCC bool
 	// packets and octets are what was sent, for sender reports (they
 	// wrap as the report's fields do).
 	packets, octets atomic.Uint32
