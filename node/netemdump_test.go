@@ -21,8 +21,10 @@ type pktTrace struct {
 }
 
 // dumpDrop logs the run's timeline (logRun), then from 0.3 s before the
-// drop to 3 s after it the link's drop count, each frame and the packets
-// as runs of one kind, then when padding was sent over the whole run.
+// drop to 3 s after it the link's drop count, each frame and the video
+// packets as runs of one kind, then when padding came on the video over
+// the whole run (probes ride the audio when the viewer counts it in its
+// feedback, as pion's viewers do: then none shows here).
 func dumpDrop(t testing.TB, r *linkRun) {
 	if !netemDump() {
 		return
