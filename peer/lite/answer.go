@@ -63,7 +63,8 @@ func answer(o *offer, ufrag, pwd, fingerprint string, candidates []string, video
 		b.WriteString("a=ice-ufrag:" + ufrag + "\r\na=ice-pwd:" + pwd + "\r\n")
 		b.WriteString("a=fingerprint:" + fingerprint + "\r\na=setup:" + setup + "\r\n")
 		b.WriteString("a=mid:" + m.mid + "\r\n")
-		if o.twccID != 0 {
+		if o.twccID != 0 && m.twcc {
+			// Only where offered (RFC 8285, section 6).
 			fmt.Fprintf(&b, "a=extmap:%d %s\r\n", o.twccID, TransportCCURI)
 		}
 		tr := video

@@ -670,7 +670,7 @@ func sendOnly(tb testing.TB) *Transport {
 		tb.Fatal(err)
 	}
 	return &Transport{offer: &offer{twccID: 3}, bwe: peer.NewBWE(), out: out,
-		video: &Track{Kind: "video", ClockRate: 90000, SSRC: 1, PT: 102}}
+		video: &Track{Kind: "video", ClockRate: 90000, SSRC: 1, PT: 102, TWCC: true}}
 }
 
 // TestWriteRTPNoAlloc: the send path allocates nothing per packet once the
@@ -750,12 +750,40 @@ func TestTWCCPerSection(t *testing.T) {
 	if strings.Count(offer, TransportCCURI) != 1 {
 		t.Fatalf("took out %q, but the offer still has it %d times", line, strings.Count(offer, TransportCCURI))
 	}
-	tr, _, err := New(e, Params{Offer: offer, Video: true, Audio: true})
+	tr, answer, err := New(e, Params{Offer: offer, Video: true, Audio: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
 	if !tr.Video().TWCC || tr.Audio().TWCC {
 		t.Errorf("video TWCC %v, audio %v; want true, false", tr.Video().TWCC, tr.Audio().TWCC)
+	}
+	// The answer names the extension only where it was offered.
+	var d sdp.SessionDescription
+	if err := d.UnmarshalString(answer); err != nil {
+		t.Fatal(err)
+	}
+	for _, md := range d.MediaDescriptions {
+		ext, _ := md.Attribute("extmap")
+		if got, want := strings.HasSuffix(ext, TransportCCURI), md.MediaName.Media == "video"; got != want {
+			t.Errorf("%s section: extmap %q", md.MediaName.Media, ext)
+		}
+	}
+
+	// A packet of the audio carries no transport-wide number and is not
+	// recorded by the BWE; one of the video is.
+	st := sendOnly(t)
+	st.audio = &Track{Kind: "audio", ClockRate: 48000, SSRC: 2, PT: 111}
+	for _, k := range []*Track{st.audio, st.video} {
+		h := rtp.Header{Version: 2}
+		if err := st.WriteRTP(k, &h, make([]byte, 100)); !errors.Is(err, peer.ErrNoPath) {
+			t.Fatalf("WriteRTP: %v", err)
+		}
+		if got := h.GetExtension(3) != nil; got != k.TWCC {
+			t.Errorf("%s packet: transport-wide number %v, want %v", k.Kind, got, k.TWCC)
+		}
+	}
+	if st.twccSeq != 1 {
+		t.Errorf("%d transport-wide numbers taken, want 1 (the video's)", st.twccSeq)
 	}
 }

@@ -343,8 +343,12 @@ func (t *Transport) WriteRTP(tr *Track, h *rtp.Header, payload []byte) error {
 	}
 	path := t.selectedPath()
 	h.SSRC, h.PayloadType = tr.SSRC, tr.PT
+	// Only a track whose section negotiated transport-wide numbers
+	// carries them: the viewer would not acknowledge the others, and the
+	// BWE would read them as lost.
 	var seq uint16
-	if id := t.offer.twccID; id != 0 {
+	counted := tr.TWCC && t.offer.twccID != 0
+	if id := t.offer.twccID; counted {
 		seq = t.twccSeq
 		t.twccSeq++
 		binary.BigEndian.PutUint16(t.twccVal[:], seq)
@@ -360,7 +364,7 @@ func (t *Transport) WriteRTP(tr *Track, h *rtp.Header, payload []byte) error {
 		return ErrTooLong
 	}
 	n += copy(t.buf[n:], payload)
-	if t.bwe != nil && t.offer.twccID != 0 {
+	if t.bwe != nil && counted {
 		t.bwe.Record(seq, n)
 	}
 	pkt, err := t.out.EncryptRTP(t.buf[:0], t.buf[:n], &t.encHdr)
