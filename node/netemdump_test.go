@@ -22,9 +22,9 @@ type pktTrace struct {
 
 // dumpDrop logs the run's timeline (logRun), then from 0.3 s before the
 // drop to 3 s after it the link's drop count, each frame and the video
-// packets as runs of one kind, then when padding came on the video over
-// the whole run (probes ride the audio when the viewer counts it in its
-// feedback, as pion's viewers do: then none shows here).
+// packets as runs of one kind. (Probes' padding rides the audio when the
+// viewer counts it in its feedback, as pion's viewers do, so it does not
+// show among the video's packets.)
 func dumpDrop(t testing.TB, r *linkRun) {
 	if !netemDump() {
 		return
@@ -70,27 +70,4 @@ func dumpDrop(t testing.TB, r *linkRun) {
 		run = append(run, p)
 	}
 	flush()
-
-	var start, last int64
-	n := 0
-	flushPad := func() {
-		if n > 0 {
-			t.Logf("    padding %.2f..%.2fs: %d packets", time.Unix(0, start).Sub(r.start).Seconds(), time.Unix(0, last).Sub(r.start).Seconds(), n)
-		}
-		n = 0
-	}
-	for _, p := range r.view.Trace {
-		if p.K != 'p' {
-			continue
-		}
-		if n > 0 && p.At-last > int64(300*time.Millisecond) {
-			flushPad()
-		}
-		if n == 0 {
-			start = p.At
-		}
-		last = p.At
-		n++
-	}
-	flushPad()
 }
