@@ -348,11 +348,11 @@ func (t *Transport) WriteRTP(tr *Track, h *rtp.Header, payload []byte) error {
 	// BWE would read them as lost.
 	var seq uint16
 	counted := tr.TWCC && t.offer.twccID != 0
-	if id := t.offer.twccID; counted {
+	if counted {
 		seq = t.twccSeq
 		t.twccSeq++
 		binary.BigEndian.PutUint16(t.twccVal[:], seq)
-		if err := h.SetExtension(id, t.twccVal[:]); err != nil {
+		if err := h.SetExtension(t.offer.twccID, t.twccVal[:]); err != nil {
 			return err
 		}
 	}
