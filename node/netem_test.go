@@ -1369,6 +1369,9 @@ func BenchmarkABRLink(b *testing.B) {
 				checkSwitches(b, r.ladder, r.view, r.events, false)
 				checkHoles(b, r.view, r.drops)
 				dumpDrop(b, r)
+				if testing.Verbose() {
+					logRun(b, r)
+				}
 				b.Logf("run %d: source %.2f Mbps; on %s at the drop; down: decision %v, wire %v, shown %v; up: decision %v, shown %v, on %s %v; "+
 					"freezes %d (%d at the drop) %v, longest gap %v; on the best rung %.0f%% (%s/%s), on the wire's best %.0f%% (%s/%s); holes %d of %d dropped; PLIs %d",
 					len(ms), float64(r.ladder[0].Bitrate)/1e6, m.AtDrop, ms3(m.DownDecision), ms3(m.DownWire), ms3(m.DownShown),
