@@ -80,12 +80,12 @@
 // neither such a climb nor a probe starts while the newest link sample
 // shows every packet queued, and a running probe pads no higher than
 // what was delivered while it does. After UpHold of calm (no switch, no
-// change of GCC's target), the caller pads up to 1.1 × that need, ramped
-// over the probe's first quarter. It
-// succeeds as soon as the acknowledgements over half its length reach the
-// need (in wire bytes less a full-size packet's overhead: padding packets
-// carry at most 255 bytes, and their overhead must not fail a rung whose
-// media the link carries), fails at once on a change of GCC's target or on loss, and fails if
+// change of GCC's target), the caller pads up to 1.05 × that need, ramped
+// over the probe's first quarter, counting each padding packet at its cost
+// to the link (ProbeBytes). It succeeds as soon as the acknowledgements
+// over half its length reach the need (in wire bytes less a full-size
+// packet's overhead: padding packets carry at most 255 bytes, and their
+// overhead must not fail a rung whose media the link carries), fails at once on a change of GCC's target or on loss, and fails if
 // ProbeDuration and a feedback delay or two pass without success. It
 // also fails as soon as a link sample shows the link saturated at a rate
 // below what it must deliver: before the queue overflows, not after. The
@@ -210,7 +210,21 @@ type Stats struct {
 	AudioOnly    int // times video was paused
 	ProbesOK     int
 	ProbesFailed int // with climbs undone by congestion within 3 s
+	// LastProbe is how the last probe ended: ProbeOK or one of the
+	// Probe* failures, for logs.
+	LastProbe string
 }
+
+// How a probe ended (Stats.LastProbe).
+const (
+	ProbeOK        = "ok"
+	ProbeGCCFall   = "gcc-fall" // GCC's target fell
+	ProbeGCCLeap   = "gcc-leap" // GCC's target leapt (see gccLeap)
+	ProbeLoss      = "loss"
+	ProbeSaturated = "saturated" // the receiver timed the link below the bar
+	ProbeShort     = "short"     // acknowledged below the bar by its end
+	ProbeCancelled = "cancelled" // unjudged: a down-switch, a pin, a new ladder
+)
 
 const (
 	maxRungs = 32
@@ -243,8 +257,11 @@ const (
 	// A probe for a rung asks for probeOver × its need and succeeds if
 	// its second half delivers the need: acknowledgements come in bursts,
 	// so asking for exactly the need would fail on noise. A check must
-	// deliver checkOK of what it asks.
-	probeOver = 1.1
+	// deliver checkOK of what it asks. probeOver was 1.1, with padding
+	// counted in RTP bytes: with padding's overhead, a probe for the
+	// capped source (need 3.5 Mbit/s) then sent 4.5 Mbit/s at a 4 Mbit/s
+	// link, which carries the need, and was judged saturated.
+	probeOver = 1.05
 	checkOK   = 0.95
 	// After a failed probe, the next goes no higher than checkStep × what
 	// is proven (at least what the failure delivered): cheap to fail, and
@@ -321,8 +338,9 @@ type probe struct {
 	active bool
 	check  bool // a check below the next rung's need: success chains the full probe
 	idx    int  // the rung it is for
-	// congested is set by a change of GCC's target during the probe.
-	congested  bool
+	// congested is set by a change of GCC's target during the probe:
+	// ProbeGCCFall or ProbeGCCLeap.
+	congested  string
 	from, to   float64 // the rate asked for ramps from one to the other
 	bar        float64 // what the second half must deliver
 	start, end time.Time
@@ -473,7 +491,11 @@ func (c *Controller) OnEstimate(now time.Time, bps float64) {
 	defer c.mu.Unlock()
 	now = c.clock(now)
 	if c.gccSet && (v < c.gcc*gccFall || v > c.gcc*gccLeap) {
-		c.gccEvent(now)
+		why := ProbeGCCFall
+		if v > c.gcc {
+			why = ProbeGCCLeap
+		}
+		c.gccEvent(now, why)
 	}
 	c.gcc, c.gccSet = v, true
 }
@@ -529,6 +551,15 @@ func (c *Controller) OnDelivered(now time.Time, bytes, packets int) {
 	if bytes > 0 || packets > 0 {
 		c.deliveredWire.add(now, int64(bytes)+int64(packets)*packetOverhead)
 	}
+}
+
+// ProbeBytes is what one packet of size RTP bytes counts for against a
+// probe's Bitrate, which is in bytes of full-size RTP packets as the probe
+// is judged (carried): a short packet's IP, UDP and SRTP bytes are a larger
+// share of what it costs the link. A pacer that counted a padding packet's
+// RTP bytes would send 13 % more than the probe asked.
+func ProbeBytes(size int) int {
+	return (max(size, 0) + packetOverhead) * fullPacket / (fullPacket + packetOverhead)
 }
 
 // carried is what the link carried over the w before now, bit/s, in bytes
@@ -703,7 +734,7 @@ func (c *Controller) setLimits(lim Limits) {
 	c.lim = sanitizeLimits(lim)
 	c.resolve()
 	if c.probe.active && (c.pin >= 0 || !c.ok(c.probe.idx)) {
-		c.probe = probe{}
+		c.cancelProbe()
 	}
 }
 
@@ -746,17 +777,17 @@ func (c *Controller) Tick(now time.Time) Decision {
 
 func (c *Controller) step(now time.Time) {
 	if len(c.ladder) == 0 {
-		c.probe = probe{}
+		c.cancelProbe()
 		c.cur = -1
 		return
 	}
 	if c.pin >= 0 {
-		c.probe = probe{}
+		c.cancelProbe()
 		c.set(now, c.pin, ReasonPin)
 		return
 	}
 	if c.cur >= 0 && !c.ok(c.cur) {
-		c.probe = probe{}
+		c.cancelProbe()
 		c.set(now, max(c.fit(float64(c.ladder[c.cur].Bitrate)), c.lowest()), ReasonCap)
 	}
 	if capacity, ok := c.saturation(now, time.Time{}); ok {
@@ -780,8 +811,12 @@ func (c *Controller) step(now time.Time) {
 // judgeProbe ends a probe that failed or is over.
 func (c *Controller) judgeProbe(now time.Time, loss float64) {
 	p := &c.probe
-	if p.congested || loss > c.cfg.LossProbeMax {
-		c.probeFailed(now)
+	if p.congested != "" || loss > c.cfg.LossProbeMax {
+		why := p.congested
+		if why == "" {
+			why = ProbeLoss
+		}
+		c.probeFailed(now, why)
 		return
 	}
 	// The probe filled the link, and the receiver timed what the link
@@ -789,7 +824,7 @@ func (c *Controller) judgeProbe(now time.Time, loss float64) {
 	// In bytes of full-size packets, as the bar is judged (carried).
 	if capacity, ok := c.saturated(now, p.start, satProbeQueue, satProbeSpan); ok && capacity < p.bar {
 		c.linkCap, c.linkCapAt = capacity, now
-		c.probeFailed(now)
+		c.probeFailed(now, ProbeSaturated)
 		return
 	}
 	// It succeeds as soon as the acknowledgements over half its length
@@ -800,13 +835,14 @@ func (c *Controller) judgeProbe(now time.Time, loss float64) {
 	w := c.cfg.ProbeDuration / 2
 	if now.Sub(p.start) < c.cfg.ProbeDuration/4+w || c.carried(now, w) < p.bar {
 		if !now.Before(p.end) {
-			c.probeFailed(now)
+			c.probeFailed(now, ProbeShort)
 		}
 		return
 	}
 	c.probeEnd = now
 	p.active = false
 	c.stats.ProbesOK++
+	c.stats.LastProbe = ProbeOK
 	c.proven = max(c.proven, p.bar)
 	if !p.check {
 		// A check's success only chains the full probe; the backoff
@@ -825,10 +861,20 @@ func (c *Controller) judgeProbe(now time.Time, loss float64) {
 	}
 }
 
-func (c *Controller) probeFailed(now time.Time) {
+// cancelProbe ends a probe unjudged: the ladder, a pin or the link changed
+// under it.
+func (c *Controller) cancelProbe() {
+	if c.probe.active {
+		c.stats.LastProbe = ProbeCancelled
+	}
+	c.probe = probe{}
+}
+
+func (c *Controller) probeFailed(now time.Time, why string) {
 	c.probe.active = false
 	c.probeEnd = now
 	c.stats.ProbesFailed++
+	c.stats.LastProbe = why
 	// Whatever the link acknowledged during the probe, it carried; failing
 	// to carry more says nothing against what was proven before (overload
 	// does, and is seen apart). It also sizes the next attempt.
@@ -967,7 +1013,7 @@ func (c *Controller) stepDown(now time.Time, loss float64) {
 }
 
 func (c *Controller) down(now time.Time, j int, reason string) {
-	c.probe = probe{}
+	c.cancelProbe()
 	c.chain, c.probed = false, false
 	if !c.climbedAt.IsZero() && now.Sub(c.climbedAt) < climbWatch {
 		c.stats.ProbesFailed++
@@ -1049,10 +1095,10 @@ func (c *Controller) stepUp(now time.Time, loss float64) {
 // target is trusted for going down only when the link is seen to fall
 // behind: less than overloadShare of what was sent in the last second was
 // acknowledged.
-func (c *Controller) gccEvent(now time.Time) {
+func (c *Controller) gccEvent(now time.Time, why string) {
 	c.congestedAt = now
 	if c.probe.active {
-		c.probe.congested = true
+		c.probe.congested = why
 	}
 	over, _ := c.overloaded(now)
 	// Without OnSent there is no telling, and every decrease counts. With

@@ -103,7 +103,7 @@ func TestHysteresis(t *testing.T) {
 	}
 }
 
-// TestProbeRamps: a probe asks for (1+UpMargin) × 1.1 the next rung,
+// TestProbeRamps: a probe asks for (1+UpMargin) × 1.05 the next rung,
 // ramping up from what is delivered over its first quarter.
 func TestProbeRamps(t *testing.T) {
 	r := newRig(t, DefaultConfig(), Limits{})
@@ -116,7 +116,7 @@ func TestProbeRamps(t *testing.T) {
 		}
 		r.run(100 * time.Millisecond)
 	}
-	want := int(1e6 * 1.2 * 1.1)
+	want := int(1e6 * 1.2 * 1.05)
 	if rates[0] >= want || rates[len(rates)-1] != want {
 		t.Fatalf("probe rates %v, want a ramp to %d", rates, want)
 	}
@@ -157,7 +157,7 @@ func TestProbeBackoff(t *testing.T) {
 			t.Errorf("wait after failure %d: %v, want %v ±25 %%", i+1, gap, w*time.Second)
 		}
 	}
-	if s := r.c.Stats(); s.ProbesOK != 0 || s.Ups != 0 || s.Downs != 0 {
+	if s := r.c.Stats(); s.ProbesOK != 0 || s.Ups != 0 || s.Downs != 0 || s.LastProbe == ProbeOK || s.LastProbe == "" {
 		t.Errorf("stats %+v", s)
 	}
 }
@@ -388,11 +388,28 @@ func TestLossGraceFromStart(t *testing.T) {
 // enough for 480p with its margin (1.2 Mbit/s), though the probe's RTP
 // bytes come to only about 1.12 Mbit/s.
 func TestProbeJudgedOnTheWire(t *testing.T) {
-	const (
-		wireCap   = 1.3e6
-		padPacket = 120 // RTP bytes of one padding packet
-		dt        = 0.01
-	)
+	if got, over := probeOnWire(t, 1.3e6, 120); got != "480p" {
+		t.Fatalf("still on %s after 5 s: a probe the link carries was judged by its RTP bytes (overfilled %v)", got, over)
+	}
+}
+
+// TestProbeLeavesRoom: a probe for a rung asks the link for its need and a
+// little more, counted at what each padding packet costs the link
+// (ProbeBytes), not for the 13 % more that counting its RTP bytes sent. At
+// 1.35 Mbit/s on the wire the link carries 480p's need (1.2 Mbit/s) with
+// 12 % to spare, and the probe must climb without ever filling it.
+func TestProbeLeavesRoom(t *testing.T) {
+	if got, over := probeOnWire(t, 1.35e6, 275); got != "480p" || over > 0 {
+		t.Fatalf("on %s after 5 s, the link overfilled for %v", got, over)
+	}
+}
+
+// probeOnWire runs a viewer on 360p behind a link of wireCap bit/s on the
+// wire, whose caller pads with packets of padPacket RTP bytes, for up to
+// 5 s or until it climbs. It returns the rung it ends on and how long the
+// link was asked for more than it carries.
+func probeOnWire(t *testing.T, wireCap, padPacket float64) (string, time.Duration) {
+	const dt = 0.01
 	c, err := New(DefaultConfig(), testLadder, Limits{}, t0)
 	if err != nil {
 		t.Fatal(err)
@@ -402,26 +419,30 @@ func TestProbeJudgedOnTheWire(t *testing.T) {
 	if d.Target != "360p" {
 		t.Fatalf("starts on %s", d.Target)
 	}
+	var over time.Duration
 	for step := 1; now.Before(t0.Add(5 * time.Second)); step++ {
 		now = now.Add(10 * time.Millisecond)
 		media := (rateOf(testLadder, d.Target) + audioRate) * dt // bits
-		pad := 0.0
+		padPkts := 0.0                                           // counted as the caller counts them, by ProbeBytes
 		if d.Probe.Active {
-			pad = max(float64(d.Probe.Bitrate)*dt-media, 0)
+			padPkts = max(float64(d.Probe.Bitrate)*dt-media, 0) / float64(ProbeBytes(int(padPacket))*8)
 		}
+		pad := padPkts * padPacket * 8
 		mediaWire := media * (fullPacket + packetOverhead) / fullPacket
-		padPkts := pad / (padPacket * 8)
 		padWire := padPkts * (padPacket + packetOverhead) * 8
 		share := min(1, wireCap*dt/(mediaWire+padWire)) // what the link lets through
+		if share < 1 {
+			over += 10 * time.Millisecond
+		}
 		c.OnSent(now, int(media/8))
 		c.OnDelivered(now, int((media+pad)*share/8), int((media/(fullPacket*8)+padPkts)*share)+1)
 		if step%10 == 0 {
 			if d = c.Tick(now); d.Target == "480p" {
-				return
+				break
 			}
 		}
 	}
-	t.Fatalf("still on %s after 5 s: a probe the link carries was judged by its RTP bytes (%+v)", d.Target, c.Stats())
+	return d.Target, over
 }
 
 // TestProbeHeldWhileQueueing: while the receiver sees every packet queue,

@@ -14,7 +14,7 @@ type Config struct {
 	StartBitrate int `yaml:"start_bitrate"`
 	// UpMargin is how far the link must be shown to exceed the next rung's
 	// bit rate before climbing (0.2 = 20 %): a probe must get
-	// next × (1+UpMargin) acknowledged, and asks for 10 % more.
+	// next × (1+UpMargin) acknowledged, and asks for 5 % more.
 	UpMargin float64 `yaml:"up_margin"`
 	// Headroom is how far above what was proven (delivered, or probed) the
 	// estimate shown to the player may reach. Decisions never use it: a

@@ -104,6 +104,7 @@ type viewerABR struct {
 	padDebt      int // padding owed (negative: media sent over the probe's rate)
 	lastStats    abr.Stats
 	lastEstimate float64
+	probeAt      time.Time // start of the probe under way, zero for none
 }
 
 // estimator is the viewer's send-side bandwidth estimate (GCC), when the
@@ -259,6 +260,7 @@ func (a *viewerABR) tick(now time.Time, s *session) bool {
 		s.emit(wish.EstimateEvent{BPS: int64(d.Estimate), Rendition: s.video.name}.Event())
 		a.countProbes(s)
 	}
+	a.logProbe(now, d, s)
 	a.probeRate = 0
 	if d.Probe.Active && now.Before(d.Probe.Until) {
 		a.probeRate = d.Probe.Bitrate
@@ -304,6 +306,8 @@ func (a *viewerABR) apply(now time.Time, d abr.Decision, s *session) {
 		congested := d.Saturated || d.Reason == abr.ReasonEstimateDrop || d.Reason == abr.ReasonLoss
 		v.skipOld = down && congested && v.next != nil
 		a.reason = d.Reason
+		s.log.Debug("switch decided", "from", v.name, "to", r.Name, "reason", d.Reason, "estimate", int64(d.Estimate),
+			"capacity", int64(d.Capacity), "saturated", d.Saturated)
 	}
 }
 
@@ -396,6 +400,20 @@ func (a *viewerABR) pad(now time.Time, v *output) {
 		a.padDebt -= v.padding(a.padDebt)
 	}
 	a.probeSent = 0
+}
+
+// logProbe logs a probe's start and outcome: with the switches, they are
+// a viewer's climb, read in a timeline.
+func (a *viewerABR) logProbe(now time.Time, d abr.Decision, s *session) {
+	switch {
+	case d.Probe.Active && a.probeAt.IsZero():
+		a.probeAt = now
+		s.log.Debug("probe started", "rendition", s.video.name, "ramp_from", d.Probe.Bitrate, "until", d.Probe.Until.Sub(now), "estimate", int64(d.Estimate))
+	case !d.Probe.Active && !a.probeAt.IsZero():
+		s.log.Debug("probe ended", "outcome", a.ctl.Stats().LastProbe, "after", now.Sub(a.probeAt), "target", d.Target, "estimate", int64(d.Estimate))
+		a.probeAt = time.Time{}
+		a.countProbes(s)
+	}
 }
 
 // countProbes moves the controller's probe and switch counts to metrics.

@@ -9,6 +9,7 @@ import (
 	"github.com/pion/rtp"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/cascade-cdn/cascade/edge/abr"
 	"github.com/cascade-cdn/cascade/media"
 )
 
@@ -365,11 +366,11 @@ var (
 )
 
 // padding sends padding-only packets (RFC 3550 5.1, as libwebrtc probes
-// without RTX) worth about n bytes, at most maxPad packets. They take
-// sequence numbers of their own, so the offset moves past them; a receiver
-// drops them after counting them for transport-wide feedback (a duplicate
-// of a media packet would not do: SRTP's replay check drops it first). It
-// reports the bytes sent.
+// without RTX) costing the link about n bytes (padCost each), at most
+// maxPad packets. They take sequence numbers of their own, so the offset
+// moves past them; a receiver drops them after counting them for
+// transport-wide feedback (a duplicate of a media packet would not do:
+// SRTP's replay check drops it first). It reports what they cost.
 func (o *output) padding(n int) int {
 	if !o.begun {
 		return 0
@@ -387,13 +388,20 @@ func (o *output) padding(n int) int {
 		if o.track.write(&o.hdr, padPayload) != nil {
 			break
 		}
-		done += padMax + 12
+		done += padCost
 	}
 	return done
 }
 
-// maxPad bounds the padding packets of one top-up (padEvery): 40 × 267
-// bytes each 20 ms is 4.3 Mbps of probe on top of the media.
+// padCost is what a padding packet counts for against the probe's rate:
+// its RTP header, transport-cc extension and padding, with its share of IP,
+// UDP and SRTP bytes, which for so short a packet is larger than the
+// probe's unit (a full-size packet's) allows.
+var padCost = abr.ProbeBytes(12 + 8 + padMax)
+
+// maxPad bounds the padding packets of one top-up (padEvery): 40 × 275
+// bytes each 20 ms is 4.4 Mbps of RTP (5 Mbps on the wire) of probe on top
+// of the media.
 const maxPad = 40
 
 // drain sends everything queued on the current subscription, spreading

@@ -6,6 +6,7 @@ import (
 
 	"github.com/pion/rtp"
 
+	"github.com/cascade-cdn/cascade/edge/abr"
 	"github.com/cascade-cdn/cascade/media"
 	"github.com/cascade-cdn/cascade/peer/lite"
 )
@@ -21,7 +22,7 @@ func TestNACKCountedOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	o.padding(3 * (padMax + 12)) // numbers 110–112
+	o.padding(3 * padCost) // numbers 110–112
 	var h rtp.Header
 	for range 3 {
 		for _, seq := range []uint16{101, 105, 111} {
@@ -31,6 +32,41 @@ func TestNACKCountedOnce(t *testing.T) {
 	o.lookup(4000, &h) // never sent: not counted
 	if n := o.nacked.Load(); n != 3 {
 		t.Errorf("%d NACKed numbers counted, want 3", n)
+	}
+}
+
+// sizeWriter adds up what each packet costs a probe, by its size as the
+// transport sets its transport-wide number (twccWriter).
+type sizeWriter struct {
+	twccWriter
+	cost, packets *int
+}
+
+func (w sizeWriter) WriteRTP(tr *lite.Track, h *rtp.Header, payload []byte) error {
+	if err := w.twccWriter.WriteRTP(tr, h, payload); err != nil {
+		return err
+	}
+	*w.cost += abr.ProbeBytes(h.MarshalSize() + len(payload))
+	*w.packets++
+	return nil
+}
+
+// TestPaddingCost: padding sent for a probe costs the link what the probe
+// asked, counted as the controller judges it (abr.ProbeBytes of each
+// packet as sent, transport-wide number included). Counted by its RTP bytes,
+// it cost the link 13 % more, and a probe for a rung the link carried
+// filled it.
+func TestPaddingCost(t *testing.T) {
+	var cost, packets int
+	o := testOutput(sizeWriter{twccWriter{ext: []byte{0, 1}}, &cost, &packets})
+	if err := o.send(media.Entry{Packet: &media.Packet{SequenceNumber: 1, Payload: []byte{0x41}}}); err != nil {
+		t.Fatal(err)
+	}
+	cost, packets = 0, 0
+	const want = 10_000
+	done := o.padding(want)
+	if packets == 0 || done != cost || cost < want || cost >= want+padCost {
+		t.Errorf("padding for %d bytes: %d packets costing %d, counted as %d", want, packets, cost, done)
 	}
 }
 
