@@ -445,6 +445,69 @@ func probeOnWire(t *testing.T, wireCap, padPacket float64) (string, time.Duratio
 	return d.Target, over
 }
 
+// TestFirstProbeNotHeld: a full probe that fails before the viewer ever
+// climbed is retried after the backoff, not held for failHold: the start
+// rung is a guess, and a join's first probes fail on noise. Once the
+// viewer has climbed, a failed full probe is held.
+func TestFirstProbeNotHeld(t *testing.T) {
+	r := newRig(t, DefaultConfig(), Limits{})
+	r.capacity, r.gcc = 10e6, 20e6
+	r.run(time.Second)
+	for i := 0; !r.d.Probe.Active; i++ {
+		if i > 50 {
+			t.Fatal("no probe on an idle 10 Mbit/s link")
+		}
+		r.run(100 * time.Millisecond)
+	}
+	failAt := func() time.Time {
+		// The link carries a little less than the probe's need, and GCC
+		// falls while the probe pads past its ramp: it fails. The link
+		// then recovers.
+		r.capacity = 0.92 * r.c.need(r.c.probe.idx)
+		r.run(200 * time.Millisecond)
+		r.gcc /= 2
+		for i := 0; r.d.Probe.Active; i++ {
+			if i > 50 {
+				t.Fatal("the probe never ended")
+			}
+			r.run(100 * time.Millisecond)
+		}
+		r.capacity = 10e6
+		if got := r.c.Stats().LastProbe; got != ProbeGCCFall {
+			t.Fatalf("probe ended %q, want %q", got, ProbeGCCFall)
+		}
+		return r.now
+	}
+	failed := failAt()
+	for !r.d.Probe.Active {
+		r.run(100 * time.Millisecond)
+	}
+	if wait := r.now.Sub(failed); wait > 3*time.Second {
+		t.Fatalf("the first climb's probe was held %v after a failure", wait)
+	}
+	for r.d.Target != "480p" {
+		if r.now.Sub(failed) > 5*time.Second {
+			t.Fatalf("on %s 5 s after the failure", r.d.Target)
+		}
+		r.run(100 * time.Millisecond)
+	}
+	// Once it has climbed, a failed full probe is held.
+	for !r.d.Probe.Active || r.c.probe.check {
+		if r.now.Sub(failed) > 15*time.Second {
+			t.Fatal("no full probe after the climb")
+		}
+		r.run(100 * time.Millisecond)
+	}
+	idx := r.c.probe.idx
+	failed = failAt()
+	for r.now.Sub(failed) < 5*time.Second {
+		if r.d.Probe.Active && !r.c.probe.check && r.c.probe.idx == idx {
+			t.Fatalf("the full probe for %s came back %v after failing", r.c.ladder[idx].Name, r.now.Sub(failed))
+		}
+		r.run(100 * time.Millisecond)
+	}
+}
+
 // TestProbeHeldWhileQueueing: while the receiver sees every packet queue,
 // a probe asks for no padding above what was delivered, and no new probe
 // starts; once the queue drains the probe ramps on.
