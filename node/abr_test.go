@@ -186,7 +186,11 @@ func TestViewerClimbsWithProbes(t *testing.T) {
 	if missing, holes := v.MissingSeqs(); missing != 0 {
 		t.Fatalf("%d sequence numbers missing: %v", missing, holes)
 	}
-	if !strings.Contains(metricsText(t, n), `cascade_abr_switches_total{direction="up"`) {
+	m := metricsText(t, n)
+	if !strings.Contains(m, `cascade_abr_switches_total{direction="up"`) {
 		t.Error("no up-switch counted")
+	}
+	if !strings.Contains(m, `cascade_abr_probe_ends_total{how="ok"}`) {
+		t.Error("no probe counted as ended ok")
 	}
 }

@@ -707,6 +707,9 @@ func (c *Controller) SetLadder(ladder []Rung) {
 			c.probe.idx, c.probe.active = i, true
 		}
 	}
+	if probing != "" && !c.probe.active {
+		c.stats.LastProbe = ProbeCancelled
+	}
 	switch {
 	case empty:
 		// A stream whose ladder was empty is starting now.

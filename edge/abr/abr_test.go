@@ -508,6 +508,35 @@ func TestFirstProbeNotHeld(t *testing.T) {
 	}
 }
 
+// TestProbeCancelledByLadder: a new ladder without the rung a probe is for
+// ends the probe, and says so (Stats.LastProbe); a new ladder that still
+// has it lets the probe go on.
+func TestProbeCancelledByLadder(t *testing.T) {
+	r := newRig(t, DefaultConfig(), Limits{})
+	r.capacity = 10e6
+	r.run(time.Second)
+	for i := 0; !r.d.Probe.Active; i++ {
+		if i > 50 {
+			t.Fatal("no probe on an idle 10 Mbit/s link")
+		}
+		r.run(100 * time.Millisecond)
+	}
+	r.c.SetLadder(testLadder)
+	if !r.c.probe.active {
+		t.Fatal("the same ladder cancelled the probe")
+	}
+	var without []Rung
+	for _, g := range testLadder {
+		if g.Name != r.c.ladder[r.c.probe.idx].Name {
+			without = append(without, g)
+		}
+	}
+	r.c.SetLadder(without)
+	if r.c.probe.active || r.c.Stats().LastProbe != ProbeCancelled {
+		t.Fatalf("probe %+v, last %q, want none and %q", r.c.probe, r.c.Stats().LastProbe, ProbeCancelled)
+	}
+}
+
 // TestProbeHeldWhileQueueing: while the receiver sees every packet queue,
 // a probe asks for no padding above what was delivered, and no new probe
 // starts; once the queue drains the probe ramps on.

@@ -410,7 +410,9 @@ func (a *viewerABR) logProbe(now time.Time, d abr.Decision, s *session) {
 		a.probeAt = now
 		s.log.Debug("probe started", "rendition", s.video.name, "ramp_from", d.Probe.Bitrate, "until", d.Probe.Until.Sub(now), "estimate", int64(d.Estimate))
 	case !d.Probe.Active && !a.probeAt.IsZero():
-		s.log.Debug("probe ended", "outcome", a.ctl.Stats().LastProbe, "after", now.Sub(a.probeAt), "target", d.Target, "estimate", int64(d.Estimate))
+		how := a.ctl.Stats().LastProbe
+		s.e.m.probeEnds.WithLabelValues(how).Inc()
+		s.log.Debug("probe ended", "outcome", how, "after", now.Sub(a.probeAt), "target", d.Target, "estimate", int64(d.Estimate))
 		a.probeAt = time.Time{}
 		a.countProbes(s)
 	}

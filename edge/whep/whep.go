@@ -100,6 +100,7 @@ type metrics struct {
 	estimate      prometheus.Histogram
 	rtt           prometheus.Histogram
 	probes        *prometheus.CounterVec
+	probeEnds     *prometheus.CounterVec
 	firstFrame    prometheus.Histogram
 	pausedSeconds prometheus.Counter
 	audioOnly     prometheus.Counter
@@ -135,6 +136,8 @@ func New(eng *peer.Engine, streams Streams, pr prometheus.Registerer, log *slog.
 	m.rtt = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cascade_viewer_rtt_seconds", Help: "Viewers' round-trip times, from their receiver reports (about one a second per viewer).",
 		Buckets: prometheus.ExponentialBuckets(0.005, 2, 10)})
 	m.probes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cascade_abr_probes_total", Help: "Bandwidth probes before climbing, by outcome."}, []string{"outcome"})
+	m.probeEnds = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cascade_abr_probe_ends_total",
+		Help: "Bandwidth probes by how they ended: ok, gcc-fall, gcc-leap, saturated, loss, short (below the bar by its end) or cancelled."}, []string{"how"})
 	m.firstFrame = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cascade_viewer_first_frame_seconds", Help: "Time from a viewer's WHEP POST to its first video packet sent.",
 		Buckets: prometheus.ExponentialBuckets(0.05, 2, 8)})
 	m.pausedSeconds = prometheus.NewCounter(prometheus.CounterOpts{Name: "cascade_abr_video_paused_seconds_total", Help: "Viewer-seconds of video paused (audio only) for lack of bandwidth."})
@@ -145,7 +148,7 @@ func New(eng *peer.Engine, streams Streams, pr prometheus.Registerer, log *slog.
 		Help: "Packets from viewers refused before use: failed authentication or format (unauthenticated), or over the per-viewer rate limit (rate_limited)."}, []string{"reason"})
 	pr.MustRegister(m.badRTCP, m.refused)
 	pr.MustRegister(m.viewers, m.packets, m.bytes, m.drops, m.nacks, m.retransmits, m.plis,
-		m.rungViewers, m.switches, m.estimate, m.rtt, m.probes, m.firstFrame, m.pausedSeconds, m.audioOnly, m.eventsDropped)
+		m.rungViewers, m.switches, m.estimate, m.rtt, m.probes, m.probeEnds, m.firstFrame, m.pausedSeconds, m.audioOnly, m.eventsDropped)
 	return &Endpoint{eng: eng, streams: streams, log: log.With("component", "whep"), m: m}
 }
 
