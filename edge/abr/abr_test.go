@@ -445,13 +445,11 @@ func probeOnWire(t *testing.T, wireCap, padPacket float64) (string, time.Duratio
 	return d.Target, over
 }
 
-// TestFirstProbeNotHeld: a full probe that fails before the viewer ever
-// climbed is retried after the backoff, not held for failHold: the start
-// rung is a guess, and a join's first probes fail on noise. Once the
-// viewer has climbed, a failed full probe is held.
-func TestFirstProbeNotHeld(t *testing.T) {
+// probingRig is a rig on an idle 10 Mbit/s link, with GCC at gcc (0:
+// silent), run until its first probe starts.
+func probingRig(t *testing.T, gcc float64) *rig {
 	r := newRig(t, DefaultConfig(), Limits{})
-	r.capacity, r.gcc = 10e6, 20e6
+	r.capacity, r.gcc = 10e6, gcc
 	r.run(time.Second)
 	for i := 0; !r.d.Probe.Active; i++ {
 		if i > 50 {
@@ -459,6 +457,15 @@ func TestFirstProbeNotHeld(t *testing.T) {
 		}
 		r.run(100 * time.Millisecond)
 	}
+	return r
+}
+
+// TestFirstProbeNotHeld: a full probe that fails before the viewer ever
+// climbed is retried after the backoff, not held for failHold: the start
+// rung is a guess, and a join's first probes fail on noise. Once the
+// viewer has climbed, a failed full probe is held.
+func TestFirstProbeNotHeld(t *testing.T) {
+	r := probingRig(t, 20e6)
 	failAt := func() time.Time {
 		// The link carries a little less than the probe's need, and GCC
 		// falls while the probe pads past its ramp: it fails. The link
@@ -512,15 +519,7 @@ func TestFirstProbeNotHeld(t *testing.T) {
 // ends the probe, and says so (Stats.LastProbe); a new ladder that still
 // has it lets the probe go on.
 func TestProbeCancelledByLadder(t *testing.T) {
-	r := newRig(t, DefaultConfig(), Limits{})
-	r.capacity = 10e6
-	r.run(time.Second)
-	for i := 0; !r.d.Probe.Active; i++ {
-		if i > 50 {
-			t.Fatal("no probe on an idle 10 Mbit/s link")
-		}
-		r.run(100 * time.Millisecond)
-	}
+	r := probingRig(t, 0)
 	r.c.SetLadder(testLadder)
 	if !r.c.probe.active {
 		t.Fatal("the same ladder cancelled the probe")
@@ -541,15 +540,7 @@ func TestProbeCancelledByLadder(t *testing.T) {
 // a probe asks for no padding above what was delivered, and no new probe
 // starts; once the queue drains the probe ramps on.
 func TestProbeHeldWhileQueueing(t *testing.T) {
-	r := newRig(t, DefaultConfig(), Limits{})
-	r.capacity = 10e6
-	r.run(time.Second)
-	for i := 0; !r.d.Probe.Active; i++ {
-		if i > 50 {
-			t.Fatal("no probe on an idle 10 Mbit/s link")
-		}
-		r.run(100 * time.Millisecond)
-	}
+	r := probingRig(t, 0)
 	from := r.c.probe.from
 	r.run(100 * time.Millisecond) // past the ramp
 	if !r.d.Probe.Active || float64(r.d.Probe.Bitrate) <= 1.2*from {
