@@ -85,14 +85,15 @@
 // to the link (ProbeBytes). It succeeds as soon as the acknowledgements
 // over half its length reach the need (in wire bytes less a full-size
 // packet's overhead: padding packets carry at most 255 bytes, and their
-// overhead must not fail a rung whose media the link carries), fails at once on a change of GCC's target or on loss, and fails if
-// ProbeDuration and a feedback delay or two pass without success. It
-// also fails as soon as a link sample shows the link saturated at a rate
-// below what it must deliver: before the queue overflows, not after. The
-// loss a probe causes fails it and is no reason to go down. A
-// success climbs at once and chains the next rung's probe, so the
-// 4 → 0.8 → 4 Mbps link climbs back two rungs in about 2 s (see the
-// simulation in sim_test.go and scenario_test.go). A failure waits
+// overhead must not fail a rung whose media the link carries), fails at
+// once on a change of GCC's target or on loss, and fails if ProbeDuration
+// and a feedback delay or two pass without success. It also fails as
+// soon as a link sample shows the link saturated at a rate below what it
+// must deliver: before the queue overflows, not after. The loss a probe
+// causes fails it and is no reason to go down. A success climbs at once
+// and chains the next rung's probe, so the 4 → 0.8 → 4 Mbps link climbs
+// back two rungs in about 2 s (see the simulation in sim_test.go and
+// scenario_test.go). A failure waits
 // ProbeBackoffMin, doubling while failures repeat (a check's success does
 // not reset it, only a full probe's): up to ProbeBackoffMax while the
 // viewer is below the rung it left at a down-switch within 30 s, and up
@@ -701,14 +702,16 @@ func (c *Controller) SetLadder(ladder []Rung) {
 	c.resolve()
 	// A source whose measured rate is updated every second must not cancel
 	// every probe: one for a rung still there goes on.
-	c.probe.active = false
-	for i, r := range c.ladder {
-		if r.Name == probing && c.ok(i) && c.pin < 0 {
-			c.probe.idx, c.probe.active = i, true
+	if probing != "" {
+		kept := false
+		for i, r := range c.ladder {
+			if r.Name == probing && c.ok(i) && c.pin < 0 {
+				c.probe.idx, kept = i, true
+			}
 		}
-	}
-	if probing != "" && !c.probe.active {
-		c.stats.LastProbe = ProbeCancelled
+		if !kept {
+			c.cancelProbe()
+		}
 	}
 	switch {
 	case empty:
