@@ -72,7 +72,7 @@ type BWE struct {
 	start time.Time
 	ring  [ringSize]atomic.Uint64
 
-	delivered atomic.Pointer[func(now time.Time, bytes, packets int)]
+	delivered atomic.Pointer[func(now time.Time, d Delivery)]
 	target    atomic.Int64 // GCC's target, bit/s; 0 until it has one
 
 	sentPackets, sentBytes           atomic.Uint64
@@ -191,15 +191,27 @@ func NewBWE() *BWE {
 // feedback has set one (none yet, or the viewer did not negotiate it).
 func (b *BWE) TargetBitrate() int { return int(b.target.Load()) }
 
-// OnDelivered sets fn to be told, at each TWCC feedback, how many bytes
-// (RTP header, payload and padding) and packets it newly reported received.
-// Each packet is counted once, however often feedback repeats it. Set it
-// before media flows; a later call replaces fn.
+// Delivery is what one read of TWCC feedback newly reported received.
+// Each packet is counted once, however often feedback repeats it.
+type Delivery struct {
+	// Bytes (RTP header, payload and padding) and Packets.
+	Bytes, Packets int
+	// RecvWire bytes (with IP, UDP and SRTP overhead) came in over
+	// RecvSpan of the receiver's clock: those of the packets whose
+	// predecessor's arrival is known, as in a LinkSample. Their rate is
+	// what the path delivered, whenever the feedback itself arrived.
+	RecvWire int
+	RecvSpan time.Duration
+}
+
+// OnDelivered sets fn to be told, at each read of TWCC feedback, what it
+// newly reported received. Set it before media flows; a later call
+// replaces fn.
 //
 // fn is called on an RTCP reading goroutine of the PeerConnection; the
 // goroutines of a viewer's tracks may call it at the same time. It must not
 // block: the viewer's NACKs and PLIs wait behind it.
-func (b *BWE) OnDelivered(fn func(now time.Time, bytes, packets int)) {
+func (b *BWE) OnDelivered(fn func(now time.Time, d Delivery)) {
 	b.delivered.Store(&fn)
 }
 
@@ -301,15 +313,19 @@ func (b *BWE) ReadRTCP(now time.Time, buf []byte) {
 	b.deliveredBytes.Add(uint64(st.bytes))
 	b.ackDelay.Store(int64((micros(now.Sub(b.start))-st.newest)&timeMask) * int64(time.Microsecond))
 	if fn := b.delivered.Load(); fn != nil {
-		(*fn)(now, st.bytes, st.packets)
+		(*fn)(now, Delivery{Bytes: st.bytes, Packets: st.packets,
+			RecvWire: st.recvWire, RecvSpan: time.Duration(st.recvSpanUs) * time.Microsecond})
 	}
 }
 
 // feedbackTotals are what one read's feedback newly acknowledged.
 type feedbackTotals struct {
 	bytes, packets int
-	newest         uint64 // the send time (ring form) of the newest packet
-	acked          bool
+	// recvWire and recvSpanUs are the link sample's growth (Delivery).
+	recvWire   int
+	recvSpanUs int64
+	newest     uint64 // the send time (ring form) of the newest packet
+	acked      bool
 }
 
 // feedback counts what fb acknowledges, feeds the link sample and GCC,
@@ -320,6 +336,7 @@ func (b *BWE) feedback(now time.Time, fb *twccFeedback, st *feedbackTotals) {
 	full := int64(now.Sub(b.start) / time.Microsecond)
 	nowUs := micros(now.Sub(b.start))
 	g, la := b.gcc, &b.link
+	wire0, span0 := la.wire, la.spanUs
 	la.rollBase(full)
 	b.feedbacks.Add(1)
 	if la.haveSeq && int16(fb.base-la.nextSeq) > 0 {
@@ -358,6 +375,8 @@ func (b *BWE) feedback(now time.Time, fb *twccFeedback, st *feedbackTotals) {
 		rtt = max(rttBase-lastRecv, 0)
 	}
 	g.feedback(full, int(fb.count), int(fb.count)-received, rtt)
+	st.recvWire += la.wire - wire0
+	st.recvSpanUs += la.spanUs - span0
 }
 
 // rollBase moves the base one-way delay's windows on to now (µs).

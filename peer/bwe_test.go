@@ -66,7 +66,7 @@ var hostile = []struct {
 func TestBWEHostileFeedback(t *testing.T) {
 	b := sentBWE(t)
 	var calls, got atomic.Int64
-	b.OnDelivered(func(_ time.Time, _, packets int) { calls.Add(1); got.Add(int64(packets)) })
+	b.OnDelivered(func(_ time.Time, d Delivery) { calls.Add(1); got.Add(int64(d.Packets)) })
 	total := 0
 	for _, c := range hostile {
 		raw, ok := marshalTLCC(c.fb)

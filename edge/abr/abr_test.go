@@ -679,3 +679,64 @@ func TestJitter(t *testing.T) {
 		t.Fatalf("jitter of %v spans %v..%v, want about 6s..10s", d, lo, hi)
 	}
 }
+
+// TestProbeJudgedByReceiver: feedback from a viewer that stalls now and
+// then (three reports of six held back 40–45 ms, then sent on time)
+// arrives bunched, and by its arrival reads the link faster than it is. A
+// probe is judged by the receiver's clock (OnReceived), so a link 5 %
+// short of the bar does not pass it; judged by the arrival alone, the
+// same run does, which shows the test can tell.
+func TestProbeJudgedByReceiver(t *testing.T) {
+	run := func(timed bool) (climbed bool, ok, failed int) {
+		c, err := New(DefaultConfig(), testLadder, Limits{}, t0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.OnRTT(t0, 0)
+		d := c.Tick(t0)
+		const dt = 0.01
+		link := 0.95 * 1.2 * 1e6 // bit/s of full-size packets: 5 % under 480p's bar
+		type report struct {
+			at         time.Time
+			bits, pkts float64
+		}
+		var queue []report
+		var bits, pkts float64
+		delays := []time.Duration{45, 45, 40, 0, 0, 0} // ms, by report
+		for step, n := 1, 0; step <= 3000; step++ {
+			now := t0.Add(time.Duration(step) * 10 * time.Millisecond)
+			send := (rateOf(testLadder, d.Target) + audioRate) * dt
+			if d.Probe.Active {
+				send = max(send, float64(d.Probe.Bitrate)*dt)
+			}
+			c.OnSent(now, int((rateOf(testLadder, d.Target)+audioRate)*dt/8))
+			got := min(send, link*dt)
+			bits, pkts = bits+got, pkts+got/packetBits
+			if step%5 == 0 { // the receiver reports every 50 ms
+				queue = append(queue, report{now.Add(delays[n%len(delays)] * time.Millisecond), bits, pkts})
+				bits, pkts, n = 0, 0, n+1
+			}
+			for len(queue) > 0 && !queue[0].at.After(now) {
+				r := queue[0]
+				queue = queue[1:]
+				c.OnDelivered(now, int(r.bits/8), int(r.pkts))
+				if timed {
+					c.OnReceived(now, int(r.bits/8+r.pkts*packetOverhead), 50*time.Millisecond)
+				}
+			}
+			if step%10 == 0 {
+				if d = c.Tick(now); d.Target == "480p" {
+					climbed = true
+				}
+			}
+		}
+		st := c.Stats()
+		return climbed, st.ProbesOK, st.ProbesFailed
+	}
+	if climbed, ok, failed := run(false); !climbed {
+		t.Fatalf("by the feedback's arrival alone, no probe passed (%d ok, %d failed): the bunching no longer misleads it, and this test shows nothing", ok, failed)
+	}
+	if climbed, ok, failed := run(true); climbed || failed == 0 {
+		t.Fatalf("timed by the receiver: climbed %v, %d probes ok, %d failed; want no climb over a link 5 %% short", climbed, ok, failed)
+	}
+}

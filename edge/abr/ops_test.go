@@ -30,6 +30,7 @@ const (
 	opLimits                // SetLimits: MaxHeight n, MaxBitrate v
 	opLadder                // SetLadder(ladderOf(n))
 	opLink                  // OnLinkSample: queue n&0x7ff ms, n>>11 bytes over 100 ms
+	opReceived              // OnReceived: n>>8 wire bytes over n&0xff ms
 	nOps
 )
 
@@ -89,6 +90,8 @@ func apply(c *Controller, now *time.Time, o op) (Decision, bool) {
 		b := o.n >> 11
 		c.OnLinkSample(*now, LinkSample{MinQueue: time.Duration(o.n&0x7ff) * time.Millisecond, Bytes: b,
 			WireBytes: b + b/1200*38, Span: 100 * time.Millisecond})
+	case opReceived:
+		c.OnReceived(*now, o.n>>8, time.Duration(o.n&0xff)*time.Millisecond)
 	}
 	return Decision{}, false
 }

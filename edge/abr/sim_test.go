@@ -262,6 +262,11 @@ func runSim(o simOptions) simResult {
 
 		if i%10 == 0 && i > 0 { // transport feedback every 100 ms
 			c.OnDelivered(now, int(fbAcked/8), int(fbAcked/packetBits))
+			if !o.noLink {
+				// The link drained what this feedback acknowledges over
+				// the interval (a round trip ago), as the receiver timed it.
+				c.OnReceived(now, int(fbAcked/8)+int(fbAcked/packetBits)*packetOverhead, 100*time.Millisecond)
+			}
 			copy(rcv[1:], rcv[:])
 			rcv[0] = fbAcked
 			var sum float64

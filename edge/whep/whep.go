@@ -229,9 +229,10 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 	if b := t.BWE(); b != nil {
 		s.bwe = b
 		// Set before any media flows; the controller is made just below.
-		b.OnDelivered(func(now time.Time, bytes, packets int) {
+		b.OnDelivered(func(now time.Time, d peer.Delivery) {
 			if c := s.abr.ctl; c != nil {
-				c.OnDelivered(now, bytes, packets)
+				c.OnDelivered(now, d.Bytes, d.Packets)
+				c.OnReceived(now, d.RecvWire, d.RecvSpan)
 			}
 		})
 	}

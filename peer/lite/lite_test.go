@@ -593,10 +593,12 @@ func TestBWEOverTransport(t *testing.T) {
 	v := newViewer(t, false)
 	tr := connect(t, e, v, nil)
 	bwe := tr.BWE()
-	var cbBytes, cbPackets atomic.Int64
-	bwe.OnDelivered(func(_ time.Time, bytes, packets int) {
-		cbBytes.Add(int64(bytes))
-		cbPackets.Add(int64(packets))
+	var cbBytes, cbPackets, cbWire, cbSpan atomic.Int64
+	bwe.OnDelivered(func(_ time.Time, d peer.Delivery) {
+		cbBytes.Add(int64(d.Bytes))
+		cbPackets.Add(int64(d.Packets))
+		cbWire.Add(int64(d.RecvWire))
+		cbSpan.Add(int64(d.RecvSpan))
 	})
 	eventually(t, "the viewer connected", 5*time.Second, func() bool {
 		return v.pc.ConnectionState() == webrtc.PeerConnectionStateConnected
@@ -606,6 +608,7 @@ func TestBWEOverTransport(t *testing.T) {
 	seen := map[int]bool{}
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
+	began := time.Now()
 	for i := range 300 { // 3 s
 		<-tick.C
 		vh = rtp.Header{Version: 2, SequenceNumber: uint16(i), Timestamp: uint32(i) * 900, Marker: true, Extensions: vh.Extensions[:0]}
@@ -638,10 +641,21 @@ func TestBWEOverTransport(t *testing.T) {
 	if r := float64(v.received.Load()); r > float64(st.SentBytes) || r < 0.9*float64(st.DeliveredBytes) {
 		t.Errorf("the viewer read %.0f bytes; %d were sent, %d acknowledged", r, st.SentBytes, st.DeliveredBytes)
 	}
+	elapsed := time.Since(began)
 	eventually(t, "OnDelivered agreeing with the stats", 2*time.Second, func() bool {
 		st := bwe.Stats()
 		return cbBytes.Load() == int64(st.DeliveredBytes) && cbPackets.Load() == int64(st.DeliveredPackets)
 	})
+	// Timed by the viewer's clock, the packets came in at the rate they
+	// were sent: IPv4, UDP and the SRTP tag on top of the RTP bytes.
+	sentRate := float64(st.SentBytes+(20+8+10)*st.SentPackets) * 8 / elapsed.Seconds()
+	if cbSpan.Load() <= 0 {
+		t.Fatalf("no receive span reported (%d wire bytes)", cbWire.Load())
+	}
+	recvRate := float64(cbWire.Load()) * 8 / time.Duration(cbSpan.Load()).Seconds()
+	if r := recvRate / sentRate; r < 0.8 || r > 1.25 {
+		t.Errorf("received at %.0f bit/s by the viewer's clock; sent at %.0f", recvRate, sentRate)
+	}
 	if st.Rejected != 0 {
 		t.Errorf("%d feedbacks rejected", st.Rejected)
 	}
