@@ -216,6 +216,11 @@ type Stats struct {
 	// LastProbe is how the last probe ended: ProbeOK or one of the
 	// Probe* failures, for logs.
 	LastProbe string
+	// LastProbeBar is the last probe's bar and LastProbeGot what it
+	// got: the rate the link carried over its second half, or the rate
+	// the receiver timed while the probe filled the link. Bit/s of
+	// full-size packets, for logs.
+	LastProbeBar, LastProbeGot float64
 }
 
 // How a probe ended (Stats.LastProbe).
@@ -878,6 +883,7 @@ func (c *Controller) judgeProbe(now time.Time, loss float64) {
 	p.active = false
 	c.stats.ProbesOK++
 	c.stats.LastProbe = ProbeOK
+	c.stats.LastProbeBar, c.stats.LastProbeGot = p.bar, c.carried(now, w)
 	c.proven = max(c.proven, p.bar)
 	if !p.check {
 		// A check's success only chains the full probe; the backoff
@@ -918,6 +924,7 @@ func (c *Controller) probeFailed(now time.Time, why string) {
 		// Measured by the receiver while the probe filled the link.
 		got = capacity
 	}
+	c.stats.LastProbeBar, c.stats.LastProbeGot = c.probe.bar, got
 	c.proven = max(c.proven, got)
 	c.stepFrom, c.stepMul = c.proven, checkStep
 	if !c.probe.check {

@@ -240,6 +240,10 @@ func (a *viewerABR) tick(now time.Time, s *session) bool {
 	if ls, ok := s.bwe.(linkSampler); ok {
 		if l := ls.TakeLinkSample(); l.Packets > 0 {
 			a.ctl.OnLinkSample(now, abr.LinkSample{MinQueue: l.MinQueue, Bytes: l.Bytes, WireBytes: l.WireBytes, Span: l.Span})
+			if !a.probeAt.IsZero() {
+				s.log.Debug("link sample", "queue", l.MinQueue, "wire", l.WireBytes, "span", l.Span, "packets", l.Packets,
+					"bps", int64(float64(l.WireBytes)*8/max(l.Span.Seconds(), 1e-3)))
+			}
 		}
 	}
 	if now.Sub(a.ladderAt) >= time.Second {
@@ -410,9 +414,11 @@ func (a *viewerABR) logProbe(now time.Time, d abr.Decision, s *session) {
 		a.probeAt = now
 		s.log.Debug("probe started", "rendition", s.video.name, "ramp_from", d.Probe.Bitrate, "until", d.Probe.Until.Sub(now), "estimate", int64(d.Estimate))
 	case !d.Probe.Active && !a.probeAt.IsZero():
-		how := a.ctl.Stats().LastProbe
+		st := a.ctl.Stats()
+		how := st.LastProbe
 		s.e.m.probeEnds.WithLabelValues(how).Inc()
-		s.log.Debug("probe ended", "outcome", how, "after", now.Sub(a.probeAt), "target", d.Target, "estimate", int64(d.Estimate))
+		s.log.Debug("probe ended", "outcome", how, "after", now.Sub(a.probeAt), "target", d.Target, "estimate", int64(d.Estimate),
+			"bar", int64(st.LastProbeBar), "got", int64(st.LastProbeGot))
 		a.probeAt = time.Time{}
 		a.countProbes(s)
 	}
