@@ -714,6 +714,19 @@ func (e *abrEnv) runLink(t testing.TB, plan linkPlan) *linkRun {
 		t.Fatalf("viewer: %v", err)
 	}
 	r.view = reps[0]
+	// The viewer closed its PeerConnection: its close_notify ends the
+	// session at once. A session left open would go on sending into the
+	// link, media and probes, until its consent timer, well into the next
+	// run.
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		st, _ := getStream(t, e.n, "live")
+		if n, _ := st["viewers"].(float64); n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the viewer's session outlived its PeerConnection by 2 s: %v", st["viewers"])
+		}
+	}
 	return r
 }
 

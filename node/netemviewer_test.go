@@ -671,28 +671,34 @@ func (c *delayedConn) run() {
 	for {
 		var d delayed
 		select {
-		case <-c.done:
-			return
 		case d = <-c.q:
+		case <-c.done:
+			// Closing: what is queued still goes, on time. It holds the
+			// viewer's last words, the DTLS close_notify that ends its
+			// session on the node; dropped, the node kept sending into
+			// the link until its consent timer ran out, 10 s into the
+			// next run.
+			select {
+			case d = <-c.q:
+			default:
+				return
+			}
 		}
 		if wait := time.Until(d.at); wait > 0 {
 			t.Reset(wait)
-			select {
-			case <-c.done:
-				return
-			case <-t.C:
-			}
+			<-t.C
 		}
 		c.UDPConn.WriteTo(d.b, d.addr)
 	}
 }
 
+// Close sends what is queued, at most the delay later, and closes.
 func (c *delayedConn) Close() error {
 	var err error
 	c.once.Do(func() {
 		close(c.done)
-		err = c.UDPConn.Close()
 		c.wg.Wait()
+		err = c.UDPConn.Close()
 	})
 	return err
 }

@@ -79,7 +79,7 @@ func watch(t *testing.T, n *Node, stream string) *mediatest.Viewer {
 	return v
 }
 
-func getStream(t *testing.T, n *Node, name string) (map[string]any, int) {
+func getStream(t testing.TB, n *Node, name string) (map[string]any, int) {
 	t.Helper()
 	resp, err := http.Get(n.URL() + "/v1/streams/" + name)
 	if err != nil {
