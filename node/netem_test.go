@@ -718,15 +718,11 @@ func (e *abrEnv) runLink(t testing.TB, plan linkPlan) *linkRun {
 	// session at once. A session left open would go on sending into the
 	// link, media and probes, until its consent timer, well into the next
 	// run.
-	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	eventually(t, "the viewer's session to end with its PeerConnection", 2*time.Second, func() bool {
 		st, _ := getStream(t, e.n, "live")
-		if n, _ := st["viewers"].(float64); n == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the viewer's session outlived its PeerConnection by 2 s: %v", st["viewers"])
-		}
-	}
+		n, _ := st["viewers"].(float64)
+		return n == 0
+	})
 	return r
 }
 
