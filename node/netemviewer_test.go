@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -108,7 +109,8 @@ type frameRec struct {
 	First     int64 `json:"first"` // its first packet's arrival
 	Done      int64 `json:"done"`  // its last packet's arrival (retransmissions included)
 	// Render is when a player would show it: when it is decodable and the
-	// frame before it was shown. 0 if never.
+	// frame before it was shown, unless a later keyframe was complete
+	// before then. 0 if never.
 	Render int64 `json:"render,omitempty"`
 	// W and H are the size its SPS gives (the last keyframe's SPS); DW and
 	// DH the decoder's, with Decode.
@@ -502,10 +504,21 @@ func (v *netemViewer) report(decode bool) *viewerReport {
 	}
 	finish()
 
+	// nextKey[i] is when the first complete keyframe after frame i-1 was
+	// complete: the frames before it that could only show later are
+	// superseded by it.
+	nextKey := make([]int64, len(frames)+1)
+	nextKey[len(frames)] = math.MaxInt64
+	for i := len(frames) - 1; i >= 0; i-- {
+		nextKey[i] = nextKey[i+1]
+		if f := frames[i]; f.Key && f.Complete {
+			nextKey[i] = min(nextKey[i], f.Done)
+		}
+	}
 	w, h := 0, 0
 	prevDecodable := false
-	var lastRender int64
-	for _, f := range frames {
+	var chain, lastRender int64
+	for i, f := range frames {
 		if f.Key {
 			for _, s := range f.media {
 				if sps := h264.FindSPS(v.pkts[s].payload); sps != nil {
@@ -518,10 +531,27 @@ func (v *netemViewer) report(decode bool) *viewerReport {
 		f.W, f.H = w, h
 		f.Decodable = f.Complete && (f.Key || prevDecodable)
 		prevDecodable = f.Decodable
-		if f.Decodable {
-			f.Render = max(f.Done, lastRender)
-			lastRender = f.Render
+		if !f.Decodable {
+			continue
 		}
+		// Frames show in order: a delta frame never before the one
+		// before it. But a keyframe complete before an older frame
+		// could show supersedes it, and every frame between them: a
+		// browser decodes the keyframe at once and drops what is older
+		// (libwebrtc's FrameBuffer drops everything before the unit it
+		// decodes, and refuses frames older than the last decoded). A
+		// keyframe so waits for no older frame that is still being
+		// repaired.
+		at := max(f.Done, chain)
+		if f.Key {
+			at = max(f.Done, lastRender)
+		}
+		chain = at
+		if at > nextKey[i+1] {
+			continue
+		}
+		f.Render = at
+		lastRender = at
 	}
 	if decode {
 		v.decode(frames, rep)
