@@ -504,9 +504,9 @@ func (v *netemViewer) report(decode bool) *viewerReport {
 	}
 	finish()
 
-	// nextKey[i] is when the first complete keyframe after frame i-1 was
-	// complete: the frames before it that could only show later are
-	// superseded by it.
+	// nextKey[i] is the earliest time a complete keyframe from frame i on
+	// was complete: a frame before it that could only show later is
+	// superseded.
 	nextKey := make([]int64, len(frames)+1)
 	nextKey[len(frames)] = math.MaxInt64
 	for i := len(frames) - 1; i >= 0; i-- {
@@ -517,7 +517,7 @@ func (v *netemViewer) report(decode bool) *viewerReport {
 	}
 	w, h := 0, 0
 	prevDecodable := false
-	var chain, lastRender int64
+	var chain int64
 	for i, f := range frames {
 		if f.Key {
 			for _, s := range f.media {
@@ -541,17 +541,17 @@ func (v *netemViewer) report(decode bool) *viewerReport {
 		// (libwebrtc's FrameBuffer drops everything before the unit it
 		// decodes, and refuses frames older than the last decoded). A
 		// keyframe so waits for no older frame that is still being
-		// repaired.
+		// repaired: every frame shown before it showed by its
+		// completion, or it would have been superseded.
 		at := max(f.Done, chain)
 		if f.Key {
-			at = max(f.Done, lastRender)
+			at = f.Done
 		}
 		chain = at
 		if at > nextKey[i+1] {
 			continue
 		}
 		f.Render = at
-		lastRender = at
 	}
 	if decode {
 		v.decode(frames, rep)
