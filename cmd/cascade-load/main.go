@@ -45,6 +45,13 @@
 //     in cores. The machine may be shared: -wait-quiet waits before each
 //     run until the others use at most that many cores.
 //
+// With -perf (root, perf(1) installed) the tool also samples the server
+// over each window and reports the share of its CPU that was the kernel
+// delivering its datagrams into the viewers' sockets, which loopback runs
+// inside the sender's system calls (see perf.go), and the server's own
+// CPU per viewer-second without it (loopback_share,
+// own_cpu_ms_per_viewer_s).
+//
 // With -json the same numbers come as one JSON object (config, host, runs,
 // median, budgets); a value that could not be measured is -1.
 //
@@ -115,6 +122,7 @@ type config struct {
 	ConnectTimeout time.Duration `json:"connect_timeout_ns"`
 	WaitQuiet      float64       `json:"wait_quiet_cores,omitempty"`
 	ProfileDir     string        `json:"profile_dir,omitempty"`
+	Perf           bool          `json:"perf,omitempty"`
 	JSON           bool          `json:"-"`
 }
 
@@ -151,6 +159,13 @@ type result struct {
 	// on loopback it includes delivering every datagram to the viewers'
 	// sockets, which a real network card's receivers would do elsewhere.
 	SysCPUmsPerViewerS float64 `json:"sys_cpu_ms_per_viewer_s"`
+	// With -perf: the share of the server's CPU samples that were the
+	// kernel delivering its datagrams to the viewers' sockets (loopback
+	// does that inside the sender's system call; see perf.go), and the
+	// server's CPU per viewer-second without it. -1 without -perf.
+	LoopbackShare      float64 `json:"loopback_share"`
+	OwnCPUmsPerViewerS float64 `json:"own_cpu_ms_per_viewer_s"`
+	PerfSamples        int     `json:"perf_samples,omitempty"`
 	// The shared WebRTC socket over the window, from the server's metrics:
 	// datagrams per sendmmsg(2) call, and per message (UDP GSO runs).
 	PacketsPerSyscall float64 `json:"packets_per_syscall"`
@@ -202,6 +217,7 @@ func run() int {
 	flag.DurationVar(&c.ConnectTimeout, "connect-timeout", 15*time.Second, "time allowed for one viewer to connect")
 	flag.Float64Var(&c.WaitQuiet, "wait-quiet", 0, "before each run, wait (up to 10 min) until the rest of the machine uses at most this many cores; 0 does not wait")
 	flag.StringVar(&c.ProfileDir, "profile", "", "save the server's CPU profile over each run's window, and its heap after it, in this directory (cpu-N.pprof, heap-N.pprof)")
+	flag.BoolVar(&c.Perf, "perf", false, "sample the server with perf(1) over each window, to tell its own CPU from the kernel's loopback delivery to the viewers (needs root for kernel stacks)")
 	flag.BoolVar(&c.JSON, "json", false, "print results as JSON instead of a table")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "Usage: cascade-load [flags]\n\nMeasures a cascade server's CPU and memory per WHEP viewer (see go doc ./cmd/cascade-load).\n\n")
@@ -223,6 +239,11 @@ func run() int {
 		return usageErr("-window must be at least 1s and -warmup not negative")
 	case c.Batch < 1 || c.ConnectTimeout <= 0:
 		return usageErr("-batch and -connect-timeout must be positive")
+	}
+	if c.Perf {
+		if why := perfAvailable(); why != "" {
+			return usageErr(why)
+		}
 	}
 	if runtime.GOOS != "linux" {
 		fmt.Fprintln(os.Stderr, "cascade-load: needs Linux /proc to measure the server")
@@ -475,6 +496,17 @@ func oneRun(ctx context.Context, c config, h host, tmp string, n int) (r result)
 			prof <- saveProfile(ctx, url, c.Window, filepath.Join(c.ProfileDir, fmt.Sprintf("cpu-%d.pprof", n)))
 		}()
 	}
+	var perf *perfSampler
+	if c.Perf {
+		dir := c.ProfileDir
+		if dir == "" {
+			dir = tmp
+		}
+		if perf, err = startPerf(ctx, srv.pid(), c.Window, filepath.Join(dir, fmt.Sprintf("perf-%d.data", n))); err != nil {
+			return fail("%v", err)
+		}
+		defer perf.stop()
+	}
 	if !sleep(ctx, c.Window) {
 		return fail("interrupted")
 	}
@@ -511,6 +543,16 @@ func oneRun(ctx context.Context, c config, h host, tmp string, n int) (r result)
 	r.ServerCPUms = 1000 * float64(b.serverTicks-a.serverTicks) / tick
 	r.CPUmsPerViewerS = r.ServerCPUms / (nv * win)
 	r.SysCPUmsPerViewerS = 1000 * float64(b.serverSysTicks-a.serverSysTicks) / tick / (nv * win)
+	r.LoopbackShare, r.OwnCPUmsPerViewerS = -1, -1
+	if perf != nil {
+		share, samples, err := perf.loopbackShare(ctx)
+		if err != nil {
+			logf("run %d: %v", n, err)
+		} else {
+			r.LoopbackShare, r.PerfSamples = share, samples
+			r.OwnCPUmsPerViewerS = r.CPUmsPerViewerS * (1 - share)
+		}
+	}
 	r.MarginalCPUms = (r.ServerCPUms - r.PubOnlyCPUPct*10*win) / (nv * win) // pct*10 = ms per second
 	r.ServerCPUPct = 100 * float64(b.serverTicks-a.serverTicks) / tick / win
 	r.LoadtoolCPUPct = 100 * float64(b.selfTicks-a.selfTicks) / tick / win
@@ -550,6 +592,10 @@ func oneRun(ctx context.Context, c config, h host, tmp string, n int) (r result)
 	logf("run %d: server %.0f%% cpu, %.3f ms/viewer-s (%.3f in the kernel), %.1f KiB/viewer (live heap %.1f, stacks %.1f, %.1f goroutines), frames %.3f, packets %s, others %.2f cores",
 		n, r.ServerCPUPct, r.CPUmsPerViewerS, r.SysCPUmsPerViewerS, r.RSSKiBPerViewer, r.LiveHeapKiBPerViewer, r.StackKiBPerViewer, r.GoroutinesPerViewer,
 		r.FramesDelivered, fmtRatio(r.PktsDelivered), r.OthersCores)
+	if r.LoopbackShare >= 0 {
+		logf("run %d: perf: %.1f%% of %d samples delivered the server's datagrams to the viewers' sockets; the server's own cpu %.3f ms/viewer-s",
+			n, 100*r.LoopbackShare, r.PerfSamples, r.OwnCPUmsPerViewerS)
+	}
 	return r
 }
 

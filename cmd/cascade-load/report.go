@@ -53,6 +53,8 @@ func median(rs []result) (result, bool) {
 	m.ServerCPUms = f(func(r result) float64 { return r.ServerCPUms })
 	m.CPUmsPerViewerS = f(func(r result) float64 { return r.CPUmsPerViewerS })
 	m.SysCPUmsPerViewerS = f(func(r result) float64 { return r.SysCPUmsPerViewerS })
+	m.LoopbackShare = o(func(r result) float64 { return r.LoopbackShare })
+	m.OwnCPUmsPerViewerS = o(func(r result) float64 { return r.OwnCPUmsPerViewerS })
 	m.PacketsPerSyscall = o(func(r result) float64 { return r.PacketsPerSyscall })
 	m.PacketsPerMessage = o(func(r result) float64 { return r.PacketsPerMessage })
 	m.MarginalCPUms = f(func(r result) float64 { return r.MarginalCPUms })
@@ -132,6 +134,10 @@ func printTable(w io.Writer, c config, h host, rs []result, med result, ok bool)
 		med.PubOnlyCPUPct, med.ServerCPUPct, med.MarginalCPUms, med.RSSBaselineKiB, med.RSSEndKiB, med.HWMKiB, fmtCount(med.QueueDrops))
 	fmt.Fprintf(w, "median cpu per viewer-second: %.3f ms in the kernel (on loopback that includes delivering to the viewers), %.3f in user space; socket: %.1f datagrams per sendmmsg, %.1f per message\n",
 		med.SysCPUmsPerViewerS, med.CPUmsPerViewerS-med.SysCPUmsPerViewerS, med.PacketsPerSyscall, med.PacketsPerMessage)
+	if med.LoopbackShare >= 0 {
+		fmt.Fprintf(w, "median perf: %.1f%% of the server's cpu delivered its datagrams into the viewers' sockets (loopback receives inside the send); the server's own cpu %.3f ms per viewer-second\n",
+			100*med.LoopbackShare, med.OwnCPUmsPerViewerS)
+	}
 	if med.LiveHeapKiBPerViewer >= 0 {
 		fmt.Fprintf(w, "median per viewer: live heap %.1f KiB, goroutine stacks %.1f KiB, %.1f goroutines (the rest of the RSS is GC headroom)\n",
 			med.LiveHeapKiBPerViewer, med.StackKiBPerViewer, med.GoroutinesPerViewer)
