@@ -82,6 +82,12 @@ type Hub struct {
 	lastTS    uint32
 	lastWrite time.Time
 	closed    bool
+	// The newest keyframe's timestamp, and the gap in timestamps from
+	// the one before it (0 until two have been seen since the source
+	// began): when the next is due (NextKeyframe).
+	keyTS  uint32
+	keyGap uint32
+	keys   int
 }
 
 // NewHub returns an empty hub.
@@ -137,6 +143,15 @@ func (s *Source) Write(p *Packet) {
 		return
 	}
 	h.renumber(p)
+	if p.Keyframe && h.cfg.Kind == Video && (h.keys == 0 || p.Timestamp != h.keyTS) {
+		if gap := int32(p.Timestamp - h.keyTS); h.keys > 0 {
+			h.keyGap = 0 // unknown: timestamps went back, or jumped
+			if gap > 0 && int64(gap) <= maxKeyGap*int64(h.cfg.ClockRate) {
+				h.keyGap = uint32(gap)
+			}
+		}
+		h.keyTS, h.keys = p.Timestamp, h.keys+1
+	}
 	h.cacheGOP(p)
 	h.rtx.put(p)
 	for _, sub := range h.subs {
@@ -165,6 +180,7 @@ func (h *Hub) renumber(p *Packet) {
 		// keyframe rather than feed its decoder a mid-GOP splice.
 		clear(h.gop)
 		h.gop, h.gopBytes, h.gopValid = h.gop[:0], 0, false
+		h.keys, h.keyGap = 0, 0 // a new source keeps its own keyframe clock
 		if h.cfg.Kind == Video {
 			for _, s := range h.subs {
 				s.restartAtKeyframe()
@@ -296,6 +312,25 @@ func (h *Hub) RequestKeyframe() {
 	if fn := h.keyframeFn.Load(); fn != nil {
 		(*fn)()
 	}
+}
+
+// maxKeyGap bounds, in seconds, a gap between keyframes that NextKeyframe
+// believes.
+const maxKeyGap = 10
+
+// NextKeyframe estimates how long until the hub's next keyframe: the gap
+// between its last two keyframes less the media time since the newest
+// (timestamps, not arrival, so a burst of late packets does not move it).
+// It reports false until two keyframes of the current source have passed,
+// and 0 once the next is overdue.
+func (h *Hub) NextKeyframe() (time.Duration, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.keys < 2 || h.keyGap == 0 {
+		return 0, false
+	}
+	left := int64(h.keyGap) - int64(int32(h.lastTS-h.keyTS))
+	return time.Duration(max(left, 0)) * time.Second / time.Duration(h.cfg.ClockRate), true
 }
 
 // Retransmit returns the packet with the hub sequence number seq if it is

@@ -195,6 +195,58 @@ func TestKeyframeRequestsCoalesced(t *testing.T) {
 	}
 }
 
+// TestNextKeyframe: the hub tells how far off its next keyframe is from
+// the gap between the last two, in media time; it does not guess before
+// two keyframes of the current source, nor from a gap timestamps do not
+// bear out.
+func TestNextKeyframe(t *testing.T) {
+	h := videoHub()
+	defer h.Close()
+	src := h.NewSource()
+	// frames writes frames [from, to) of a 30 fps source, a keyframe on
+	// each multiple of gop.
+	frames := func(src *Source, from, to, gop int) {
+		for i := from; i < to; i++ {
+			pl := deltaPayload
+			if i%gop == 0 {
+				pl = keyPayload
+			}
+			src.Write(&Packet{SequenceNumber: uint16(i), Timestamp: uint32(i) * 3000, Payload: pl})
+		}
+	}
+	frames(src, 0, 25, 30) // one keyframe
+	if d, ok := h.NextKeyframe(); ok {
+		t.Fatalf("after one keyframe: %v, want unknown", d)
+	}
+	frames(src, 25, 31, 30) // the second, 1 s later, is the newest frame
+	if d, ok := h.NextKeyframe(); !ok || d != time.Second {
+		t.Fatalf("on a keyframe of a 1 s GOP: %v %v, want 1s", d, ok)
+	}
+	frames(src, 31, 36, 30) // 5 frames after it
+	if d, ok := h.NextKeyframe(); !ok || d != 25*time.Second/30 {
+		t.Fatalf("5 frames after a keyframe of a 1 s GOP: %v %v, want 833ms", d, ok)
+	}
+	frames(src, 36, 80, 1000) // no keyframe where one was due
+	if d, ok := h.NextKeyframe(); !ok || d != 0 {
+		t.Fatalf("overdue: %v %v, want 0", d, ok)
+	}
+	// A new source starts its own clock.
+	frames(h.NewSource(), 0, 10, 30)
+	if d, ok := h.NextKeyframe(); ok {
+		t.Fatalf("after a takeover with one keyframe: %v, want unknown", d)
+	}
+	// Timestamps that go back do not make a gap of hours.
+	a := videoHub()
+	defer a.Close()
+	as := a.NewSource()
+	as.Write(&Packet{SequenceNumber: 1, Timestamp: 1 << 31, Payload: keyPayload})
+	as.Write(&Packet{SequenceNumber: 2, Timestamp: 1<<31 + 3000, Payload: deltaPayload})
+	as.Write(&Packet{SequenceNumber: 3, Timestamp: 5, Payload: keyPayload})
+	if d, ok := a.NextKeyframe(); ok {
+		t.Fatalf("after timestamps went back: %v, want unknown", d)
+	}
+}
+
 func TestRetransmitBuffer(t *testing.T) {
 	h := videoHub()
 	defer h.Close()

@@ -209,8 +209,12 @@ type Decision struct {
 
 // Stats counts a viewer's switches and probes, for metrics and the player.
 type Stats struct {
-	Ups, Downs   int
-	AudioOnly    int // times video was paused
+	Ups, Downs int
+	AudioOnly  int // times video was paused
+	// Probes counts probes started; a success chains the next within the
+	// same Tick, so a caller that only watches Decision.Probe.Active
+	// would see two probes as one.
+	Probes       int
 	ProbesOK     int
 	ProbesFailed int // with climbs undone by congestion within 3 s
 	// LastProbe is how the last probe ended: ProbeOK or one of the
@@ -1131,6 +1135,7 @@ func (c *Controller) stepUp(now time.Time, loss float64) {
 	}
 	c.probe = p
 	c.chain = false
+	c.stats.Probes++
 }
 
 // gccEvent reads a fall (or leap) of GCC's target. Any such event fails a

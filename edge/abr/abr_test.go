@@ -740,3 +740,40 @@ func TestProbeJudgedByReceiver(t *testing.T) {
 		t.Fatalf("timed by the receiver: climbed %v, %d probes ok, %d failed; want no climb over a link 5 %% short", climbed, ok, failed)
 	}
 }
+
+// TestProbesCounted: a check's success chains the next probe within the
+// same Tick (a link that recovered is climbed by a check, steps 50 % up,
+// then the full probe), so Decision.Probe.Active alone shows the chain as
+// one probe; Stats counts each started, and each ends ok or failed.
+func TestProbesCounted(t *testing.T) {
+	r := newRig(t, DefaultConfig(), Limits{})
+	r.capacity, r.gcc = 3.6e6, 20e6
+	r.run(10 * time.Second)
+	r.capacity = 800e3
+	r.run(10 * time.Second)
+	before := r.c.Stats()
+	if r.d.Probe.Active {
+		t.Fatal("a probe runs at the recovery: the count below would start mid-probe")
+	}
+	r.capacity = 10e6
+	starts, active := 0, false
+	for range 100 {
+		r.run(100 * time.Millisecond)
+		if r.d.Probe.Active && !active {
+			starts++
+		}
+		active = r.d.Probe.Active
+	}
+	st := r.c.Stats()
+	running := 0
+	if r.d.Probe.Active {
+		running = 1
+	}
+	started := st.Probes - before.Probes
+	if ended := st.ProbesOK + st.ProbesFailed - before.ProbesOK - before.ProbesFailed; started != ended+running {
+		t.Errorf("%d probes started after the recovery, %d ended, %d running", started, ended, running)
+	}
+	if starts >= started {
+		t.Errorf("Probe.Active rose %d times for %d probes: no chain was counted", starts, started)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cascade-cdn/cascade/edge/abr"
+	"github.com/cascade-cdn/cascade/media"
 	"github.com/cascade-cdn/cascade/peer"
 	"github.com/cascade-cdn/cascade/wish"
 )
@@ -105,6 +106,7 @@ type viewerABR struct {
 	lastStats    abr.Stats
 	lastEstimate float64
 	probeAt      time.Time // start of the probe under way, zero for none
+	probeN       int       // its number (abr.Stats.Probes)
 }
 
 // estimator is the viewer's send-side bandwidth estimate (GCC), when the
@@ -300,9 +302,12 @@ func (a *viewerABR) apply(now time.Time, d abr.Decision, s *session) {
 		if r == nil {
 			return
 		}
-		// Going down, or resuming, should not wait for the keyframe clock.
 		down := v.name != "" && rank(l, r.Name) > rank(l, v.name)
-		v.prepare(r.Hub, r.Name, v.name == "" || down)
+		ask := keyframeAsk(r.Hub, v.name == "", down)
+		if ask != "" {
+			s.e.m.keyAsks.WithLabelValues(ask).Inc()
+		}
+		v.prepare(r.Hub, r.Name, ask != "")
 		// Going down because the link cannot carry the rung (saturated,
 		// the estimate fell, or loss): stop feeding it the old rung. Its
 		// backlog, paced at the link's rate, would otherwise hold the new
@@ -311,9 +316,35 @@ func (a *viewerABR) apply(now time.Time, d abr.Decision, s *session) {
 		v.skipOld = down && congested && v.next != nil
 		a.reason = d.Reason
 		s.log.Debug("switch decided", "from", v.name, "to", r.Name, "reason", d.Reason, "estimate", int64(d.Estimate),
-			"capacity", int64(d.Capacity), "saturated", d.Saturated)
+			"capacity", int64(d.Capacity), "saturated", d.Saturated, "keyframe_asked", ask != "")
 	}
 }
+
+// keyframeAsk tells whether a switch to hub asks the source for an early
+// keyframe (coalesced per stream by the hub, one a second at most) rather
+// than wait for its keyframe clock, and why: "down", "resume" or "up"; ""
+// to wait. Going down, or resuming, never waits: the link cannot carry
+// what flows, or nothing flows. A climb asks only when the hub's next
+// keyframe is more than climbKeyWait away (about three quarters of the
+// time, with 1 s GOPs): most of a second on the old rung, after a probe
+// showed the link carries the new one, is time on a rung below the best.
+// The cost, an IDR on every rung of the ladder sooner than the clock's,
+// is held to one a second by the hub.
+func keyframeAsk(hub *media.Hub, resume, down bool) string {
+	switch {
+	case resume:
+		return "resume"
+	case down:
+		return "down"
+	}
+	if wait, ok := hub.NextKeyframe(); ok && wait > climbKeyWait {
+		return "up"
+	}
+	return ""
+}
+
+// climbKeyWait: a climb waits for a keyframe due this soon.
+const climbKeyWait = 250 * time.Millisecond
 
 // Video is paced at paceFactor × the bit rate of its rung (or of the rung
 // it is switching to, if higher), as libwebrtc paces at 2.5 × its target;
@@ -407,20 +438,21 @@ func (a *viewerABR) pad(now time.Time, v *output) {
 }
 
 // logProbe logs a probe's start and outcome: with the switches, they are
-// a viewer's climb, read in a timeline.
+// a viewer's climb, read in a timeline. A probe that succeeded and chained
+// the next within one tick is logged as the end of one and the start of
+// the other.
 func (a *viewerABR) logProbe(now time.Time, d abr.Decision, s *session) {
-	switch {
-	case d.Probe.Active && a.probeAt.IsZero():
-		a.probeAt = now
-		s.log.Debug("probe started", "rendition", s.video.name, "ramp_from", d.Probe.Bitrate, "until", d.Probe.Until.Sub(now), "estimate", int64(d.Estimate))
-	case !d.Probe.Active && !a.probeAt.IsZero():
-		st := a.ctl.Stats()
-		how := st.LastProbe
-		s.e.m.probeEnds.WithLabelValues(how).Inc()
-		s.log.Debug("probe ended", "outcome", how, "after", now.Sub(a.probeAt), "target", d.Target, "estimate", int64(d.Estimate),
+	st := a.ctl.Stats()
+	if !a.probeAt.IsZero() && (!d.Probe.Active || st.Probes != a.probeN) {
+		s.e.m.probeEnds.WithLabelValues(st.LastProbe).Inc()
+		s.log.Debug("probe ended", "outcome", st.LastProbe, "after", now.Sub(a.probeAt), "target", d.Target, "estimate", int64(d.Estimate),
 			"bar", int64(st.LastProbeBar), "got", int64(st.LastProbeGot))
 		a.probeAt = time.Time{}
 		a.countProbes(s)
+	}
+	if d.Probe.Active && a.probeAt.IsZero() {
+		a.probeAt, a.probeN = now, st.Probes
+		s.log.Debug("probe started", "rendition", s.video.name, "ramp_from", d.Probe.Bitrate, "until", d.Probe.Until.Sub(now), "estimate", int64(d.Estimate))
 	}
 }
 

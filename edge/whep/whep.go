@@ -97,6 +97,7 @@ func (e *Endpoint) SetPlacement(fn func(wish.Offer) error) { e.place.Store(&fn) 
 type metrics struct {
 	rungViewers   *prometheus.GaugeVec
 	switches      *prometheus.CounterVec
+	keyAsks       *prometheus.CounterVec
 	estimate      prometheus.Histogram
 	rtt           prometheus.Histogram
 	probes        *prometheus.CounterVec
@@ -131,6 +132,8 @@ func New(eng *peer.Engine, streams Streams, pr prometheus.Registerer, log *slog.
 	}
 	m.rungViewers = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cascade_viewer_rendition", Help: "Viewers on each rendition now."}, []string{"stream", "rendition"})
 	m.switches = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cascade_abr_switches_total", Help: "Rendition switches completed, by direction and reason."}, []string{"direction", "reason"})
+	m.keyAsks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cascade_abr_keyframe_asks_total",
+		Help: "Early keyframes switches asked the source for, by direction (down, resume, or up when the rung's next keyframe was more than 250 ms off), before the hub's coalescing."}, []string{"direction"})
 	m.estimate = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cascade_abr_estimate_bps", Help: "Viewers' usable bandwidth estimates, sampled once a second per viewer.",
 		Buckets: prometheus.ExponentialBuckets(100e3, 2, 10)})
 	m.rtt = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cascade_viewer_rtt_seconds", Help: "Viewers' round-trip times, from their receiver reports (about one a second per viewer).",
@@ -148,7 +151,7 @@ func New(eng *peer.Engine, streams Streams, pr prometheus.Registerer, log *slog.
 		Help: "Packets from viewers refused before use: failed authentication or format (unauthenticated), or over the per-viewer rate limit (rate_limited)."}, []string{"reason"})
 	pr.MustRegister(m.badRTCP, m.refused)
 	pr.MustRegister(m.viewers, m.packets, m.bytes, m.drops, m.nacks, m.retransmits, m.plis,
-		m.rungViewers, m.switches, m.estimate, m.rtt, m.probes, m.probeEnds, m.firstFrame, m.pausedSeconds, m.audioOnly, m.eventsDropped)
+		m.rungViewers, m.switches, m.keyAsks, m.estimate, m.rtt, m.probes, m.probeEnds, m.firstFrame, m.pausedSeconds, m.audioOnly, m.eventsDropped)
 	return &Endpoint{eng: eng, streams: streams, log: log.With("component", "whep"), m: m}
 }
 

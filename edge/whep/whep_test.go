@@ -248,3 +248,40 @@ func TestSentGenerations(t *testing.T) {
 		t.Fatalf("after %d switches the slot still maps to %p", genRing, e.hub)
 	}
 }
+
+// TestKeyframeAsk: a switch down or a resume asks the source for an early
+// keyframe; a climb asks only when the target rung's next keyframe, by
+// its clock, is more than climbKeyWait away.
+func TestKeyframeAsk(t *testing.T) {
+	h := media.NewHub(media.DefaultHubConfig(media.Video, "H264", 90000))
+	defer h.Close()
+	src := h.NewSource()
+	key := []byte{0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x02, 0x68, 0xce}
+	delta := []byte{0x41, 0x9a}
+	frame := func(i int) { // 30 fps, a keyframe each second
+		pl := delta
+		if i%30 == 0 {
+			pl = key
+		}
+		src.Write(&media.Packet{SequenceNumber: uint16(i), Timestamp: uint32(i * 3000), Marker: true, Payload: pl})
+	}
+	frame(0)
+	if got := keyframeAsk(h, false, false); got != "" {
+		t.Fatalf("a climb asked (%q) with the keyframe clock unknown", got)
+	}
+	if keyframeAsk(h, false, true) != "down" || keyframeAsk(h, true, false) != "resume" {
+		t.Fatal("a down-switch or a resume did not ask")
+	}
+	for i := 1; i <= 33; i++ {
+		frame(i) // the second keyframe at 30, then 3 frames: 900 ms to go
+	}
+	if keyframeAsk(h, false, false) != "up" {
+		t.Fatal("a climb 900 ms before the next keyframe did not ask")
+	}
+	for i := 34; i <= 53; i++ {
+		frame(i) // 7 frames (233 ms) to go
+	}
+	if keyframeAsk(h, false, false) != "" {
+		t.Fatal("a climb 233 ms before the next keyframe asked")
+	}
+}
