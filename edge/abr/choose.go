@@ -1,0 +1,161 @@
+// Choosing a rung each Tick: down at once when the link cannot carry the
+// rung, up only after a probe (the package doc's Choosing).
+
+package abr
+
+import "time"
+
+// stepDown moves the viewer down when the link, the estimate or loss says
+// its rung does not fit, or pauses video below the lowest rung.
+func (c *Controller) stepDown(now time.Time, loss float64) {
+	if c.cur < 0 {
+		c.below = time.Time{}
+		return
+	}
+	rung := float64(c.ladder[c.cur].Bitrate)
+	// For a while after a down-switch to the rung a measured capacity
+	// carries, the old rung's queue, its losses and their repairs still
+	// fill the link, and every measure reads it slower than it is: only
+	// a fall well below the new rung takes the viewer further down.
+	limit := rung
+	if !c.settleAt.IsZero() && now.Sub(c.settleAt) < downSettle {
+		limit *= settleShare
+	}
+	if capacity, ok := c.saturation(now, time.Time{}); ok && c.sentSeen && capacity < limit && c.sentRate(now) > capacity {
+		// The queue stands, on a rung the link, busy throughout, does
+		// not carry, and what is sent exceeds what it carries (in a
+		// quiet scene it may only match it: the next busy one overflows
+		// it). Go to the best rung the link carries, measured, not GCC's
+		// lagging target nor a delivery rate timed by feedback arrival.
+		c.gccTrusted = true
+		c.congestedAt = now
+		c.proven = capacity
+		if j := max(c.fit(capacity), c.lowest()); j < c.cur {
+			c.below = time.Time{}
+			c.down(now, j, ReasonEstimateDrop)
+			c.settleAt = now
+			return
+		}
+	}
+	if over, known := c.overloaded(now); over && known {
+		// The link is behind, whether or not GCC said so: its target
+		// may sit at its floor, with no change left to report, or a
+		// decrease first taken for a blip is borne out.
+		c.gccTrusted = true
+		c.congest(now)
+	}
+	raw := c.raw(now)
+	if raw < limit {
+		if j := c.fit(raw); j >= 0 && j < c.cur {
+			c.below = time.Time{}
+			c.down(now, j, ReasonEstimateDrop)
+			return
+		}
+		// Nothing fits. Try the lowest rung before pausing video: a
+		// momentary dip should cost resolution, not the picture.
+		if lo := c.lowest(); c.cur > lo {
+			c.below = now
+			c.down(now, lo, ReasonEstimateDrop)
+			return
+		}
+		if c.below.IsZero() {
+			c.below = now
+		}
+		if now.Sub(c.below) >= c.cfg.AudioOnlyHold {
+			c.below = time.Time{}
+			c.stats.AudioOnly++
+			c.down(now, -1, ReasonAudioOnly)
+		}
+		return
+	}
+	c.below = time.Time{}
+	// Loss steps down one rung at a time and never pauses video: audio
+	// suffers the same loss, and congestion bad enough to need pausing
+	// also brings the estimate down.
+	if loss > c.cfg.LossDown && !c.probe.active {
+		if j := c.below1(c.cur); j >= 0 {
+			c.congest(now)
+			c.down(now, j, ReasonLoss)
+		}
+	}
+}
+
+func (c *Controller) down(now time.Time, j int, reason string) {
+	c.cancelProbe()
+	c.chain, c.probed = false, false
+	if !c.climbedAt.IsZero() && now.Sub(c.climbedAt) < climbWatch {
+		c.stats.ProbesFailed++
+		c.backOff(now)
+	}
+	c.climbedAt = time.Time{}
+	// The link has just changed: what an old probe measured is stale.
+	c.stepFrom = 0
+	if !c.recovering(now) || c.cur > c.downFrom {
+		c.downFrom = c.cur
+	}
+	c.downAt = now
+	c.set(now, j, reason)
+}
+
+func (c *Controller) stepUp(now time.Time, loss float64) {
+	j := c.above(c.cur)
+	if j < 0 || c.switchedAt.Equal(now) {
+		return
+	}
+	need := c.need(j)
+	calm := now.Sub(c.switchedAt) >= c.cfg.UpHold &&
+		(c.congestedAt.IsZero() || now.Sub(c.congestedAt) >= c.cfg.UpHold)
+	// A climb on the estimate alone waits while the link queues: the
+	// estimate is about the link before the queue built, which may have
+	// just fallen. A probe's success is about the link now.
+	if min(c.raw(now), c.basis(now)) >= need && (c.probed || calm && !c.queueing(now)) {
+		reason := ReasonEstimateUp
+		if c.probed {
+			reason = ReasonProbeOK
+		}
+		if c.cur < 0 {
+			reason = ReasonResume
+		}
+		c.probed = false
+		c.climbedAt = now
+		c.set(now, j, reason)
+		return
+	}
+	c.probed = false
+	if now.Before(c.nextProbe) || !(c.chain || calm) || loss > c.cfg.LossProbeMax || c.queueing(now) {
+		return
+	}
+	if !c.rembAt.IsZero() && now.Sub(c.rembAt) <= rembTTL && c.remb < need {
+		return
+	}
+	if c.stepFrom == 0 && !c.linkCapAt.IsZero() && now.Sub(c.linkCapAt) < capTTL && c.linkCap < need {
+		// The link was measured below the need lately: check a little
+		// above what it carried first, rather than overflow it.
+		c.stepFrom, c.stepMul = c.linkCap, checkStep
+	}
+	from := min(c.delivered.rate(now, congestionWindow), need)
+	// The probe may pad on past ProbeDuration, waiting for the
+	// acknowledgements of packets sent at its full rate: a feedback delay
+	// and one more feedback interval, or two delays if the round trip is
+	// only assumed.
+	grace := c.lag() + feedbackDelay
+	if !c.rttSet {
+		grace = 2 * c.lag()
+	}
+	p := probe{active: true, idx: j, from: from, to: need * probeOver, bar: need, start: now, end: now.Add(c.cfg.ProbeDuration + grace)}
+	if t := c.stepFrom * c.stepMul; t > from && t < need {
+		p.to, p.bar, p.check = t, checkOK*t, true
+	} else if j == c.failIdx && c.cur >= 0 && c.climbed && need > c.failCap && now.Before(c.failUntil) {
+		// The same full probe failed at this capacity, and nothing since
+		// showed more: it would fail again, and fill the link again. (Not
+		// to resume video: that probe is small, and waited for. Nor before
+		// the first climb: the start rung is low by design, and the first
+		// probes of a join fail on a busy receiver's noise, which held the
+		// viewer on 360p for 10 s of a 4 Mbit/s link in 3 of 40 runs on
+		// the lab; the backoff still spaces them.)
+		return
+	}
+	c.probe = p
+	c.chain = false
+	c.stats.Probes++
+}

@@ -1,0 +1,160 @@
+// Probes before a climb: how one is judged while it runs, how it ends, and
+// the waits after a failure.
+
+package abr
+
+import "time"
+
+// judgeProbe ends a probe that failed or is over.
+func (c *Controller) judgeProbe(now time.Time, loss float64) {
+	p := &c.probe
+	if p.congested != "" || loss > c.cfg.LossProbeMax {
+		why := p.congested
+		if why == "" {
+			why = ProbeLoss
+		}
+		c.probeFailed(now, why)
+		return
+	}
+	// The probe filled the link, and the receiver timed what the link
+	// carried below the bar: the answer is in, before the queue overflows.
+	// In bytes of full-size packets, as the bar is judged (carried).
+	if capacity, ok := c.saturated(now, p.start, satProbeQueue, satProbeSpan); ok && capacity < p.bar {
+		c.linkCap, c.linkCapAt = capacity, now
+		c.probeFailed(now, ProbeSaturated)
+		return
+	}
+	// It succeeds as soon as the acknowledgements over half its length
+	// reach its bar: they cannot exceed what the link carried, and if they
+	// still hold some of the ramp they only read low. Waiting for them
+	// rather than for a fixed time keeps a viewer whose round trip is
+	// longer than OnRTT said (or than defaultRTT) from failing every probe.
+	w := c.cfg.ProbeDuration / 2
+	if now.Sub(p.start) < c.cfg.ProbeDuration/4+w || c.carried(now, w) < p.bar {
+		if !now.Before(p.end) {
+			c.probeFailed(now, ProbeShort)
+		}
+		return
+	}
+	c.probeEnd = now
+	p.active = false
+	c.stats.ProbesOK++
+	c.stats.LastProbe = ProbeOK
+	c.stats.LastProbeBar, c.stats.LastProbeGot = p.bar, c.carried(now, w)
+	c.proven = max(c.proven, p.bar)
+	if !p.check {
+		// A check's success only chains the full probe; the backoff
+		// goes when that succeeds, or a check that passes under a
+		// ceiling would restart the climb of the backoff each time.
+		c.backoff = 0
+	}
+	c.chain, c.nextProbe = true, now
+	c.probed = !p.check
+	c.stepFrom, c.stepMul = 0, 0
+	if p.check {
+		c.stepFrom, c.stepMul = p.bar, stairStep
+	}
+	if p.bar > c.failCap {
+		c.failIdx, c.failCap, c.failHeld = -1, 0, 0 // the link carries more than when it failed
+	}
+}
+
+// cancelProbe ends a probe unjudged: the ladder, a pin or the link changed
+// under it.
+func (c *Controller) cancelProbe() {
+	if c.probe.active {
+		c.stats.LastProbe = ProbeCancelled
+	}
+	c.probe = probe{}
+}
+
+func (c *Controller) probeFailed(now time.Time, why string) {
+	c.probe.active = false
+	c.probeEnd = now
+	c.stats.ProbesFailed++
+	c.stats.LastProbe = why
+	// Whatever the link acknowledged during the probe, it carried; failing
+	// to carry more says nothing against what was proven before (overload
+	// does, and is seen apart). It also sizes the next attempt.
+	got := c.carried(now, c.cfg.ProbeDuration/2)
+	if capacity, ok := c.saturated(now, c.probe.start, satProbeQueue, satProbeSpan); ok {
+		// Measured by the receiver while the probe filled the link.
+		got = capacity
+	}
+	c.stats.LastProbeBar, c.stats.LastProbeGot = c.probe.bar, got
+	c.proven = max(c.proven, got)
+	c.stepFrom, c.stepMul = c.proven, checkStep
+	if !c.probe.check {
+		// Delivery timed by feedback arrival may read above the bar
+		// while the link fell behind: the failure is what counts.
+		held := failHold
+		if c.failIdx == c.probe.idx && c.failHeld > 0 {
+			held = min(2*c.failHeld, failHoldMax)
+		}
+		c.failHeld = held
+		c.failIdx, c.failCap, c.failUntil = c.probe.idx, min(got, 0.99*c.probe.bar), now.Add(jitter(now, held))
+	}
+	c.chain = false
+	c.backOff(now)
+}
+
+func (c *Controller) backOff(now time.Time) {
+	// ProbeBackoffMax keeps the wait short while the link may come back.
+	// A viewer back on the rung it had (or that went down long ago) sits
+	// under the ceiling its probes found, and probing it every two
+	// seconds kept its link near full a fifth of the time, so that a link
+	// falling then met a probe.
+	ceiling := !c.recovering(now)
+	most := c.cfg.ProbeBackoffMax
+	if ceiling {
+		most = max(most, ceilingBackoff)
+	}
+	if c.backoff == 0 {
+		c.backoff = c.cfg.ProbeBackoffMin
+	} else {
+		c.backoff = min(2*c.backoff, most)
+	}
+	wait := c.backoff
+	if ceiling {
+		wait = jitter(now, wait)
+	}
+	c.nextProbe = now.Add(wait)
+}
+
+// jitter spreads d over ±25 %, by the microseconds of now: viewers that
+// joined together (a stream's start, a node's restart) would otherwise
+// repeat their probes in step, filling a shared uplink at once. The real
+// clock's microseconds are as good as a random draw here; a simulated
+// clock's stay put, which keeps simulations repeatable.
+func jitter(now time.Time, d time.Duration) time.Duration {
+	f := float64(now.UnixNano()/1e3%1024) / 1024
+	return time.Duration(float64(d) * (0.75 + 0.5*f))
+}
+
+// recovering reports whether the viewer is below the rung it left at a
+// down-switch less than recoverWindow ago: the link may come back, and
+// noticing it soon is worth frequent probes.
+func (c *Controller) recovering(now time.Time) bool {
+	return !c.downAt.IsZero() && now.Sub(c.downAt) <= recoverWindow && c.cur < c.downFrom
+}
+
+// probeRate is the rate a probe pads up to now: ramped from what was
+// delivered over its first quarter, and held down to that while the
+// receiver sees every packet queue. A probe the link carries does not
+// queue; one that queues would overflow the link (or a link that just
+// fell) long before its judgment, a round trip and a queue later, comes
+// back, and lost padding stalls the viewer's frames until it is repaired.
+func (c *Controller) probeRate(now time.Time) float64 {
+	p := &c.probe
+	if c.queueing(now) {
+		return p.from
+	}
+	ramp := c.cfg.ProbeDuration / 4
+	f := max(min(float64(now.Sub(p.start))/float64(ramp), 1), 0)
+	return p.from + (p.to-p.from)*f
+}
+
+// need is what the link must be shown to carry to climb to rung j.
+func (c *Controller) need(j int) float64 {
+	return float64(c.ladder[j].Bitrate) * (1 + c.cfg.UpMargin)
+}
