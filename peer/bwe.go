@@ -134,6 +134,17 @@ type LinkSample struct {
 	// delay (receive time less send time, on two clocks) above the smallest
 	// seen over the last 10 s or so.
 	MinQueue time.Duration
+	// BusyWire and BusySpan count the packets that reached the bottleneck
+	// while the one sent before them was still there (its queueing delay
+	// exceeded the time between their sends): the link served the two
+	// back to back, so the gap between their arrivals is the later one's
+	// time on the link, and BusyWire/BusySpan is the link's rate. A burst
+	// sent faster than the link (a keyframe, paced at 2.5 × its rung)
+	// measures it within a few packets, where MinQueue needs every packet
+	// of the sample to wait. A receiver that stalls and then reads what it
+	// held in one go makes the gaps shorter, the rate higher, never lower.
+	BusyWire int
+	BusySpan time.Duration
 }
 
 // linkAcc accumulates a LinkSample; guarded by BWE.linkMu.
@@ -145,6 +156,11 @@ type linkAcc struct {
 	// clock, from its reference time); haveRecv says whether there is one.
 	lastRecvUs int64
 	haveRecv   bool
+	// The packet acknowledged before, in sending order: its queueing
+	// delay, send and receive times (µs), for the busy count.
+	prevQ, prevDep, prevRecv int64
+	busyWire                 int
+	busySpanUs               int64
 	// nextSeq follows the feedback: a report that starts past it means
 	// one was lost, and the packets it covered, received in the gap,
 	// would make the span look idle.
@@ -172,11 +188,12 @@ func (b *BWE) TakeLinkSample() LinkSample {
 	b.linkMu.Lock()
 	defer b.linkMu.Unlock()
 	a := &b.link
-	s := LinkSample{Packets: a.packets, Bytes: a.bytes, WireBytes: a.wire, Span: time.Duration(a.spanUs) * time.Microsecond}
+	s := LinkSample{Packets: a.packets, Bytes: a.bytes, WireBytes: a.wire, Span: time.Duration(a.spanUs) * time.Microsecond,
+		BusyWire: a.busyWire, BusySpan: time.Duration(a.busySpanUs) * time.Microsecond}
 	if a.packets > 0 {
 		s.MinQueue = time.Duration(a.minQueueUs) * time.Microsecond
 	}
-	a.packets, a.bytes, a.wire, a.spanUs = 0, 0, 0, 0
+	a.packets, a.bytes, a.wire, a.spanUs, a.busyWire, a.busySpanUs = 0, 0, 0, 0, 0, 0
 	return s
 }
 
@@ -366,7 +383,7 @@ func (b *BWE) feedback(now time.Time, fb *twccFeedback, st *feedbackTotals) {
 			st.newest, st.acked = sent, true
 		}
 		dep := full - int64(age)
-		la.add(recv, recv-dep, size)
+		la.add(recv, dep, size)
 		g.received(full, dep, recv, size)
 		rttBase, lastRecv = min(rttBase, full-dep+recv), max(lastRecv, recv)
 	})
@@ -389,10 +406,11 @@ func (a *linkAcc) rollBase(now int64) {
 	}
 }
 
-// add counts one acknowledged packet received at recv (µs, receiver's
-// clock) with one-way delay owd (µs, on two clocks: only its changes mean
-// anything).
-func (a *linkAcc) add(recv, owd int64, size int) {
+// add counts one acknowledged packet sent at dep (µs, our clock) and
+// received at recv (µs, receiver's clock): its one-way delay, on two
+// clocks, means anything only by its changes.
+func (a *linkAcc) add(recv, dep int64, size int) {
+	owd := recv - dep
 	if !a.haveBase {
 		a.baseCur, a.basePrev, a.haveBase = owd, math.MaxInt64, true
 	}
@@ -410,7 +428,26 @@ func (a *linkAcc) add(recv, owd int64, size int) {
 		a.bytes += size
 		a.wire += size + wireOverhead
 	}
+	// Busy: the packet before it was still at the bottleneck when it
+	// arrived there (see LinkSample.BusyWire). Its own queueing delay
+	// counts its time on the link beyond the base's, which at a low rate
+	// is most of a full packet's delay; the predecessor's is what tells.
+	if a.haveRecv && a.prevQ-(dep-a.prevDep) >= busySlack {
+		// A gap of 0 is a packet read in the same batch as the one
+		// before (or within a feedback tick of it): its bytes count,
+		// and its time is in the next gap.
+		if d := recv - a.prevRecv; d >= 0 && d < 1_000_000 {
+			a.busyWire += size + wireOverhead
+			a.busySpanUs += d
+		}
+	}
+	a.prevQ, a.prevDep, a.prevRecv = q, dep, recv
 	if !a.haveRecv || recv > a.lastRecvUs || a.lastRecvUs-recv > 1_000_000 {
 		a.lastRecvUs, a.haveRecv = recv, true
 	}
 }
+
+// busySlack is how much longer than the time between two sends the first
+// must have queued for the second to count as busy: four of the feedback's
+// 250 µs ticks.
+const busySlack = 1000

@@ -289,6 +289,14 @@ func TestBWELinkSample(t *testing.T) {
 	if s.Packets != 10 || s.MinQueue > time.Millisecond || s.Bytes != 9*size || s.Span < 8*time.Millisecond || s.Span > 10*time.Millisecond {
 		t.Errorf("no queue: %+v", s)
 	}
+	// Sent together, received 1 ms apart: from the third on, each came
+	// behind one that had waited a millisecond or more (the third only
+	// if the sends were less than a microsecond apart, not under -race),
+	// and counts its millisecond.
+	if n := s.BusyWire / (size + wireOverhead); s.BusyWire%(size+wireOverhead) != 0 || n < 7 || n > 8 ||
+		s.BusySpan != time.Duration(n)*time.Millisecond {
+		t.Errorf("a burst through an 8 Mbit/s link: busy %d bytes over %v, want 7 or 8 packets, a millisecond each", s.BusyWire, s.BusySpan)
+	}
 	b.ReadRTCP(time.Now(), feedback(10, 20, func(i int) int64 { return 1_100_000 + int64(i-10)*10_000 }))
 	s = b.TakeLinkSample()
 	// The last of the first ten arrived at 1.009 s, the first of these at
@@ -297,9 +305,44 @@ func TestBWELinkSample(t *testing.T) {
 		s.Bytes != 10*size || s.Span < 175*time.Millisecond || s.Span > 185*time.Millisecond {
 		t.Errorf("queued: %+v", s)
 	}
+	// All twenty went out together, so each of these reached the link
+	// while the one before it (the ninth had waited 9 ms) was still
+	// there: busy, at the gaps the link made, 91 ms then 10 ms each.
+	if s.BusyWire != 10*(size+wireOverhead) || s.BusySpan != 181*time.Millisecond {
+		t.Errorf("busy: %d bytes over %v, want %d over 181ms", s.BusyWire, s.BusySpan, 10*(size+wireOverhead))
+	}
 	// Feedback repeating acknowledged packets adds nothing.
 	b.ReadRTCP(time.Now(), feedback(10, 20, func(i int) int64 { return 1_100_000 + int64(i-10)*10_000 }))
 	if s := b.TakeLinkSample(); s.Packets != 0 {
 		t.Errorf("repeated feedback: %+v", s)
+	}
+}
+
+// TestLinkBusy: only a packet that reached the link while the one sent
+// before it was still there counts its arrival gap as the link's time.
+func TestLinkBusy(t *testing.T) {
+	const ms = 1000 // µs
+	cases := []struct {
+		name     string
+		dep, owd []int64 // per packet, ms
+		busy     int     // packets counted busy
+		span     int64   // their arrival gaps, ms
+	}{
+		{"paced below the link, no wait", []int64{0, 10, 20, 30}, []int64{5, 5, 5, 5}, 0, 0},
+		{"a slow link's own transmission, 20 ms apart", []int64{0, 20, 40, 60, 80}, []int64{5, 15, 15, 15, 15}, 0, 0},
+		{"a burst into a link of a packet a millisecond", []int64{0, 0, 0, 0, 0}, []int64{5, 6, 7, 8, 9}, 3, 3},
+		{"paced faster than the link", []int64{0, 2, 4, 6, 8}, []int64{5, 8, 11, 14, 17}, 3, 15},
+		// A batch's first packet brings the batch's time, the others only
+		// bytes: the train's edges read high, never low.
+		{"read in batches of two", []int64{0, 0, 0, 0, 0, 0}, []int64{5, 5, 7, 7, 9, 9}, 3, 2},
+	}
+	for _, c := range cases {
+		var a linkAcc
+		for i := range c.dep {
+			a.add((c.dep[i]+c.owd[i])*ms, c.dep[i]*ms, 1000)
+		}
+		if want := c.busy * (1000 + wireOverhead); a.busyWire != want || a.busySpanUs != c.span*ms {
+			t.Errorf("%s: busy %d bytes over %d µs, want %d over %d", c.name, a.busyWire, a.busySpanUs, want, c.span*ms)
+		}
 	}
 }

@@ -25,7 +25,8 @@
 //     once each: a receiver asks again while the repair is on its way).
 //   - OnLinkSample: the receiver's own timing of the packets acknowledged
 //     since the last sample (TWCC receive times): the least queueing
-//     delay any of them saw, and the rate they came in at.
+//     delay any of them saw, the rate they came in at, and the rate of
+//     those that came in behind one another through a busy link.
 //   - OnREMB: the receiver's REMB, if it sends one: a cap.
 //   - OnRTT: the round-trip time, when known.
 //
@@ -63,7 +64,13 @@
 // all while the rung's own rate exceeds it), the viewer goes at once to
 // the best rung the measured rate carries, within a few hundred
 // milliseconds of the queue starting to stand; not lower, as GCC's
-// lagging target or a fall in delivered bytes would take it.
+// lagging target or a fall in delivered bytes would take it. A burst
+// (a keyframe, paced at 2.5 × its rung) through a link slower than it
+// times the link sooner, from the packets that reached the bottleneck
+// while the one before was still there: when that rate is below 90 % of
+// the rung, the viewer goes down the same way, without waiting for a
+// queue to stand through a whole sample, which a token bucket or a quiet
+// scene can put off by a second.
 //
 // # Choosing
 //
@@ -324,6 +331,13 @@ const (
 	// satSampleMax is the longest span one sample may cover and count.
 	satSampleMax = 300 * time.Millisecond
 	satFresh     = 400 * time.Millisecond
+	// A link's rate from its busy packets (LinkSample.BusyWire) is read
+	// over the samples of the last satFresh once they hold busyMinSpan of
+	// busy time (a dozen full-size packets at 2 Mbit/s), and sends the
+	// viewer down only below busyShare of its rung's bit rate: a rung
+	// whose rate the link just carries is the saturation rule's to judge.
+	busyMinSpan = 50 * time.Millisecond
+	busyShare   = 0.9
 	// capTTL: a measured capacity bounds the next probes this long.
 	capTTL = 10 * time.Second
 	// failHold: a full probe that failed is not repeated for the same
@@ -364,6 +378,9 @@ type linkSample struct {
 	queue time.Duration
 	wire  int64 // bytes on the wire (LinkSample.WireBytes)
 	span  time.Duration
+	// busyWire and busySpan: LinkSample.BusyWire and BusySpan.
+	busyWire int64
+	busySpan time.Duration
 }
 
 // Controller chooses one viewer's rung. Create it with New.

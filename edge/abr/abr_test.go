@@ -777,3 +777,34 @@ func TestProbesCounted(t *testing.T) {
 		t.Errorf("Probe.Active rose %d times for %d probes: no chain was counted", starts, started)
 	}
 }
+
+// TestDownOnBusyBurst: with no standing queue, a burst the receiver timed
+// through a busy link well below the rung (a keyframe after the link
+// fell) sends the viewer down to the rung that rate carries; a burst
+// timed just below the rung leaves it to the saturation rule.
+func TestDownOnBusyBurst(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		busy float64 // bit/s of full-size packets
+		want string
+	}{
+		{"a burst timed at 0.75 of the rung", 750e3, "360p"},
+		{"a burst timed at 0.95 of the rung", 950e3, "480p"},
+	} {
+		r := newRig(t, DefaultConfig(), Limits{})
+		r.capacity, r.gcc = 1.3e6, 20e6
+		r.run(6 * time.Second)
+		if r.d.Target != "480p" {
+			t.Fatalf("%s: on %s on a 1.3 Mbit/s link, want 480p", tc.name, r.d.Target)
+		}
+		const span = 20 * time.Millisecond
+		wire := int(tc.busy / 8 * span.Seconds() * (fullPacket + packetOverhead) / fullPacket)
+		for range 5 {
+			r.c.OnLinkSample(r.now, LinkSample{Bytes: 10000, WireBytes: 10300, Span: 100 * time.Millisecond, BusyWire: wire, BusySpan: span})
+			r.run(100 * time.Millisecond)
+		}
+		if r.d.Target != tc.want {
+			t.Errorf("%s: on %s, want %s", tc.name, r.d.Target, tc.want)
+		}
+	}
+}

@@ -21,15 +21,25 @@ func (c *Controller) stepDown(now time.Time, loss float64) {
 	if !c.settleAt.IsZero() && now.Sub(c.settleAt) < downSettle {
 		limit *= settleShare
 	}
-	if capacity, ok := c.saturation(now, time.Time{}); ok && c.sentSeen && capacity < limit && c.sentRate(now) > capacity {
-		// The queue stands, on a rung the link, busy throughout, does
-		// not carry, and what is sent exceeds what it carries (in a
+	capacity, ok := c.saturation(now, time.Time{})
+	if b, busy := c.busyRate(now); !ok && busy && b < busyShare*limit {
+		// Not a standing queue yet, but a burst (a keyframe) timed the
+		// link well below the rung: a mild overload that a quiet scene
+		// or a token bucket would hide for a second or more.
+		capacity, ok = b, true
+	}
+	if ok && c.sentSeen && capacity < limit && c.sentRate(now) > capacity {
+		// The queue stands, or a burst was timed, on a rung the link
+		// does not carry, and what is sent exceeds what it carries (in a
 		// quiet scene it may only match it: the next busy one overflows
 		// it). Go to the best rung the link carries, measured, not GCC's
 		// lagging target nor a delivery rate timed by feedback arrival.
 		c.gccTrusted = true
 		c.congestedAt = now
 		c.proven = capacity
+		// The measured rate paces what follows (Decision.Capacity): the
+		// lower rung's keyframe goes into a queue the old rung filled.
+		c.linkCap, c.linkCapAt = capacity, now
 		if j := max(c.fit(capacity), c.lowest()); j < c.cur {
 			c.below = time.Time{}
 			c.down(now, j, ReasonEstimateDrop)

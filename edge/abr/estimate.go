@@ -57,6 +57,28 @@ func (c *Controller) saturated(now, since time.Time, queue, minSpan time.Duratio
 	return float64(bytes) * 8 / span.Seconds() * fullPacket / (fullPacket + packetOverhead), true
 }
 
+// busyRate returns the link's rate from the busy packets of the samples
+// taken over the last satFresh, in bytes of full-size RTP packets, if they
+// hold at least busyMinSpan of busy time.
+func (c *Controller) busyRate(now time.Time) (float64, bool) {
+	var bytes int64
+	var span time.Duration
+	k := c.sHead
+	for range c.sN {
+		s := &c.samples[k]
+		if now.Sub(s.at) > satFresh {
+			break
+		}
+		bytes += s.busyWire
+		span += s.busySpan
+		k = (k + nSamples - 1) % nSamples
+	}
+	if span < busyMinSpan {
+		return 0, false
+	}
+	return float64(bytes) * 8 / span.Seconds() * fullPacket / (fullPacket + packetOverhead), true
+}
+
 // queueing reports whether the newest link sample shows every packet
 // queued: the link is full already, and padding on top would overflow it
 // before the feedback that stops a probe comes back through that queue.

@@ -130,6 +130,12 @@ type LinkSample struct {
 	// far fewer RTP bytes than its rate.
 	Bytes, WireBytes int
 	Span             time.Duration
+	// BusyWire wire bytes came in over BusySpan from packets that reached
+	// the bottleneck while the one sent before them was still there: the
+	// link's rate, measured by the receiver, from a burst (a keyframe)
+	// long before a queue stands through a whole sample.
+	BusyWire int
+	BusySpan time.Duration
 }
 
 // OnLinkSample takes a LinkSample. Call it every 50–250 ms while feedback
@@ -141,7 +147,7 @@ type LinkSample struct {
 // a second of the queue building, where the acknowledged share takes a
 // second and only sees overloads of a third or more.
 func (c *Controller) OnLinkSample(now time.Time, l LinkSample) {
-	if l.MinQueue < 0 || l.Span < 0 || l.Bytes < 0 || l.WireBytes < l.Bytes {
+	if l.MinQueue < 0 || l.Span < 0 || l.Bytes < 0 || l.WireBytes < l.Bytes || l.BusyWire < 0 || l.BusySpan < 0 {
 		return
 	}
 	c.mu.Lock()
@@ -150,7 +156,8 @@ func (c *Controller) OnLinkSample(now time.Time, l LinkSample) {
 	c.sHead = (c.sHead + 1) % nSamples
 	c.sN = min(c.sN+1, nSamples)
 	c.samples[c.sHead] = linkSample{at: now, queue: min(l.MinQueue, maxRTT),
-		wire: int64(min(l.WireBytes, maxBytesPerCall)), span: min(l.Span, maxRTT)}
+		wire: int64(min(l.WireBytes, maxBytesPerCall)), span: min(l.Span, maxRTT),
+		busyWire: int64(min(l.BusyWire, maxBytesPerCall)), busySpan: min(l.BusySpan, maxRTT)}
 }
 
 // OnRTT takes the viewer's round-trip time (from receiver reports or

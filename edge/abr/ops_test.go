@@ -31,6 +31,7 @@ const (
 	opLadder                // SetLadder(ladderOf(n))
 	opLink                  // OnLinkSample: queue n&0x7ff ms, n>>11 bytes over 100 ms
 	opReceived              // OnReceived: n>>8 wire bytes over n&0xff ms
+	opBusy                  // OnLinkSample, no queue: busy n>>8 wire bytes over n&0xff ms
 	nOps
 )
 
@@ -90,6 +91,9 @@ func apply(c *Controller, now *time.Time, o op) (Decision, bool) {
 		b := o.n >> 11
 		c.OnLinkSample(*now, LinkSample{MinQueue: time.Duration(o.n&0x7ff) * time.Millisecond, Bytes: b,
 			WireBytes: b + b/1200*38, Span: 100 * time.Millisecond})
+	case opBusy:
+		c.OnLinkSample(*now, LinkSample{Bytes: 10000, WireBytes: 10300, Span: 100 * time.Millisecond,
+			BusyWire: o.n >> 8, BusySpan: time.Duration(o.n&0xff) * time.Millisecond})
 	case opReceived:
 		c.OnReceived(*now, o.n>>8, time.Duration(o.n&0xff)*time.Millisecond)
 	}

@@ -241,10 +241,12 @@ func (a *viewerABR) tick(now time.Time, s *session) bool {
 	}
 	if ls, ok := s.bwe.(linkSampler); ok {
 		if l := ls.TakeLinkSample(); l.Packets > 0 {
-			a.ctl.OnLinkSample(now, abr.LinkSample{MinQueue: l.MinQueue, Bytes: l.Bytes, WireBytes: l.WireBytes, Span: l.Span})
-			if !a.probeAt.IsZero() || l.MinQueue >= time.Millisecond {
+			a.ctl.OnLinkSample(now, abr.LinkSample{MinQueue: l.MinQueue, Bytes: l.Bytes, WireBytes: l.WireBytes, Span: l.Span,
+				BusyWire: l.BusyWire, BusySpan: l.BusySpan})
+			if !a.probeAt.IsZero() || l.MinQueue >= time.Millisecond || l.BusySpan >= 10*time.Millisecond {
 				s.log.Debug("link sample", "queue", l.MinQueue, "wire", l.WireBytes, "span", l.Span, "packets", l.Packets,
-					"bps", int64(float64(l.WireBytes)*8/max(l.Span.Seconds(), 1e-3)))
+					"bps", int64(float64(l.WireBytes)*8/max(l.Span.Seconds(), 1e-3)),
+					"busy_span", l.BusySpan, "busy_bps", int64(float64(l.BusyWire)*8/max(l.BusySpan.Seconds(), 1e-3)))
 			}
 		}
 	}
