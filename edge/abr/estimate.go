@@ -34,14 +34,13 @@ func (c *Controller) saturation(now, since time.Time) (float64, bool) {
 // saturated is saturation with queue as the least delay that counts,
 // over samples taken after since.
 func (c *Controller) saturated(now, since time.Time, queue, minSpan time.Duration) (float64, bool) {
-	if c.sN == 0 || now.Sub(c.samples[c.sHead].at) > satFresh {
+	if c.sN == 0 || now.Sub(c.sample(0).at) > satFresh {
 		return 0, false
 	}
 	var bytes int64
 	var span time.Duration
-	k := c.sHead
-	for range c.sN {
-		s := &c.samples[k]
+	for i := range c.sN {
+		s := c.sample(i)
 		// A sample spanning much more than the calls' interval covers a
 		// gap in the feedback or in reception: it shows nothing.
 		if s.queue < queue || !s.at.After(since) || span >= satMaxSpan || s.span <= 0 || s.span > satSampleMax {
@@ -49,12 +48,22 @@ func (c *Controller) saturated(now, since time.Time, queue, minSpan time.Duratio
 		}
 		bytes += s.wire
 		span += s.span
-		k = (k + nSamples - 1) % nSamples
 	}
 	if span < minSpan {
 		return 0, false
 	}
-	return float64(bytes) * 8 / span.Seconds() * fullPacket / (fullPacket + packetOverhead), true
+	return fullRate(bytes, span), true
+}
+
+// sample is the i-th newest link sample (0: the newest), i < c.sN.
+func (c *Controller) sample(i int) *linkSample {
+	return &c.samples[(c.sHead+nSamples-i)%nSamples]
+}
+
+// fullRate is wire bytes over span in bit/s of full-size RTP packets:
+// less a full-size packet's share of overhead.
+func fullRate(wire int64, span time.Duration) float64 {
+	return float64(wire) * 8 / span.Seconds() * fullPacket / (fullPacket + packetOverhead)
 }
 
 // busyRate returns the link's rate from the busy packets of the samples
@@ -63,27 +72,23 @@ func (c *Controller) saturated(now, since time.Time, queue, minSpan time.Duratio
 func (c *Controller) busyRate(now time.Time) (float64, bool) {
 	var bytes int64
 	var span time.Duration
-	k := c.sHead
-	for range c.sN {
-		s := &c.samples[k]
-		if now.Sub(s.at) > satFresh {
-			break
+	for i := range c.sN {
+		if s := c.sample(i); now.Sub(s.at) <= satFresh {
+			bytes += s.busyWire
+			span += s.busySpan
 		}
-		bytes += s.busyWire
-		span += s.busySpan
-		k = (k + nSamples - 1) % nSamples
 	}
 	if span < busyMinSpan {
 		return 0, false
 	}
-	return float64(bytes) * 8 / span.Seconds() * fullPacket / (fullPacket + packetOverhead), true
+	return fullRate(bytes, span), true
 }
 
 // queueing reports whether the newest link sample shows every packet
 // queued: the link is full already, and padding on top would overflow it
 // before the feedback that stops a probe comes back through that queue.
 func (c *Controller) queueing(now time.Time) bool {
-	return c.sN > 0 && now.Sub(c.samples[c.sHead].at) <= satFresh && c.samples[c.sHead].queue >= satQueue
+	return c.sN > 0 && now.Sub(c.sample(0).at) <= satFresh && c.sample(0).queue >= satQueue
 }
 
 // gccEvent reads a fall (or leap) of GCC's target. Any such event fails a
