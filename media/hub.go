@@ -84,7 +84,7 @@ type Hub struct {
 	closed    bool
 	// The newest keyframe's timestamp, and the gap in timestamps from
 	// the one before it (0 until two have been seen since the source
-	// began): when the next is due (NextKeyframe).
+	// began, keys counting to 2): when the next is due (NextKeyframe).
 	keyTS  uint32
 	keyGap uint32
 	keys   int
@@ -143,15 +143,7 @@ func (s *Source) Write(p *Packet) {
 		return
 	}
 	h.renumber(p)
-	if p.Keyframe && h.cfg.Kind == Video && (h.keys == 0 || p.Timestamp != h.keyTS) {
-		if gap := int32(p.Timestamp - h.keyTS); h.keys > 0 {
-			h.keyGap = 0 // unknown: timestamps went back, or jumped
-			if gap > 0 && int64(gap) <= maxKeyGap*int64(h.cfg.ClockRate) {
-				h.keyGap = uint32(gap)
-			}
-		}
-		h.keyTS, h.keys = p.Timestamp, h.keys+1
-	}
+	h.noteKeyframe(p)
 	h.cacheGOP(p)
 	h.rtx.put(p)
 	for _, sub := range h.subs {
@@ -192,6 +184,20 @@ func (h *Hub) renumber(p *Packet) {
 	p.Timestamp += h.tsOff
 	h.started = true
 	h.lastSeq, h.lastTS, h.lastWrite = p.SequenceNumber, p.Timestamp, p.Arrival
+}
+
+// noteKeyframe keeps the keyframe clock NextKeyframe reads.
+func (h *Hub) noteKeyframe(p *Packet) {
+	if !p.Keyframe || h.cfg.Kind != Video || h.keys > 0 && p.Timestamp == h.keyTS {
+		return
+	}
+	if gap := int32(p.Timestamp - h.keyTS); h.keys > 0 {
+		h.keyGap = 0 // unknown: timestamps went back, or jumped
+		if gap > 0 && int64(gap) <= maxKeyGap*int64(h.cfg.ClockRate) {
+			h.keyGap = uint32(gap)
+		}
+	}
+	h.keyTS, h.keys = p.Timestamp, min(h.keys+1, 2)
 }
 
 func (h *Hub) cacheGOP(p *Packet) {
