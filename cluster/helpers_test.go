@@ -17,7 +17,27 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain checks for leaked goroutines once the tests pass, as
+// goleak.VerifyTestMain does, but waits longer for them to end:
+// memberlist's Shutdown does not wait for a probe in flight, whose
+// goroutine waits for the probe's ack timer (the probe interval scaled by
+// the node's health awareness: up to 8 × 200 ms here) and then exits. In
+// one CI run on a busy machine it outlived goleak's own second of retries.
+// A goroutine that never ends still fails the run.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if code == 0 {
+		err := goleak.Find()
+		for deadline := time.Now().Add(3 * time.Second); err != nil && time.Now().Before(deadline); err = goleak.Find() {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: Errors on successful test run: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
 
 const testSecret = "correct horse battery staple"
 
