@@ -248,11 +248,16 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 		h.refuse(w, "events", errStreams)
 		return
 	}
-	defer h.releaseStream(e)
 	log := h.log.With("stream", e.stream, "session", id, "remote", r.RemoteAddr)
 
 	ch, stop := src.Subscribe()
-	defer stop()
+	defer func() {
+		// The slot first: once the session sees its subscription let go,
+		// a new stream finds the slot free (the test that waits for the
+		// one, then opens the other, failed with 429 now and then).
+		h.releaseStream(e)
+		stop()
+	}()
 
 	rc := http.NewResponseController(w)
 	w.WriteHeader(http.StatusOK)
