@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -121,16 +122,8 @@ func countLoopback(r io.Reader) (in, all int) {
 		}
 		any = true
 		sym := f[len(f)-1]
-		switch {
-		case sym == "net_rx_action":
-			rx = true
-		case !send:
-			for _, s := range sendCalls {
-				if sym == s {
-					send = true
-				}
-			}
-		}
+		rx = rx || sym == "net_rx_action"
+		send = send || slices.Contains(sendCalls, sym)
 	}
 	end()
 	return in, all

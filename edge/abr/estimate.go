@@ -73,10 +73,12 @@ func (c *Controller) busyRate(now time.Time) (float64, bool) {
 	var bytes int64
 	var span time.Duration
 	for i := range c.sN {
-		if s := c.sample(i); now.Sub(s.at) <= satFresh {
-			bytes += s.busyWire
-			span += s.busySpan
+		s := c.sample(i)
+		if now.Sub(s.at) > satFresh {
+			break // the rest are older
 		}
+		bytes += s.busyWire
+		span += s.busySpan
 	}
 	if span < busyMinSpan {
 		return 0, false
