@@ -332,8 +332,8 @@ const (
 	satSampleMax = 300 * time.Millisecond
 	satFresh     = 400 * time.Millisecond
 	// A link's rate from its busy packets (LinkSample.BusyWire) is read
-	// over the samples of the last satFresh once they hold busyMinSpan of
-	// busy time (a dozen full-size packets at 2 Mbit/s), and sends the
+	// over the newest samples of the last satFresh that hold busyMinSpan
+	// of busy time (a dozen full-size packets at 2 Mbit/s), and sends the
 	// viewer down only below busyShare of its rung's bit rate: a rung
 	// whose rate the link just carries is the saturation rule's to judge.
 	busyMinSpan = 50 * time.Millisecond

@@ -781,15 +781,23 @@ func TestProbesCounted(t *testing.T) {
 // TestDownOnBusyBurst: with no standing queue, a burst the receiver timed
 // through a busy link well below the rung (a keyframe after the link
 // fell) sends the viewer down to the rung that rate carries; a burst
-// timed just below the rung leaves it to the saturation rule.
+// timed just below the rung leaves it to the saturation rule. The newest
+// busy time is what counts: a token bucket's burst, timed many times too
+// fast just before, does not hide the link's own rate.
 func TestDownOnBusyBurst(t *testing.T) {
+	type busy struct {
+		bps  float64 // bit/s of full-size packets
+		span time.Duration
+	}
+	bursts := func(bps float64) []busy { return slices.Repeat([]busy{{bps, 20 * time.Millisecond}}, 5) }
 	for _, tc := range []struct {
-		name string
-		busy float64 // bit/s of full-size packets
-		want string
+		name    string
+		samples []busy // one per 100 ms sample
+		want    string
 	}{
-		{"a burst timed at 0.75 of the rung", 750e3, "360p"},
-		{"a burst timed at 0.95 of the rung", 950e3, "480p"},
+		{"a burst timed at 0.75 of the rung", bursts(750e3), "360p"},
+		{"a burst timed at 0.95 of the rung", bursts(950e3), "480p"},
+		{"a bucket's burst, then the link at 0.75", []busy{{15e6, 15 * time.Millisecond}, {750e3, 60 * time.Millisecond}}, "360p"},
 	} {
 		r := newRig(t, DefaultConfig(), Limits{})
 		r.capacity, r.gcc = 1.3e6, 20e6
@@ -797,10 +805,9 @@ func TestDownOnBusyBurst(t *testing.T) {
 		if r.d.Target != "480p" {
 			t.Fatalf("%s: on %s on a 1.3 Mbit/s link, want 480p", tc.name, r.d.Target)
 		}
-		const span = 20 * time.Millisecond
-		wire := int(tc.busy / 8 * span.Seconds() * (fullPacket + packetOverhead) / fullPacket)
-		for range 5 {
-			r.c.OnLinkSample(r.now, LinkSample{Bytes: 10000, WireBytes: 10300, Span: 100 * time.Millisecond, BusyWire: wire, BusySpan: span})
+		for _, b := range tc.samples {
+			wire := int(b.bps / 8 * b.span.Seconds() * (fullPacket + packetOverhead) / fullPacket)
+			r.c.OnLinkSample(r.now, LinkSample{Bytes: 10000, WireBytes: 10300, Span: 100 * time.Millisecond, BusyWire: wire, BusySpan: b.span})
 			r.run(100 * time.Millisecond)
 		}
 		if r.d.Target != tc.want {
