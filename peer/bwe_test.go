@@ -8,6 +8,7 @@ import (
 
 	"github.com/pion/interceptor/pkg/twcc"
 	"github.com/pion/rtcp"
+	"github.com/pion/srtp/v3"
 )
 
 // sentRing is what the hostile-feedback tests and the fuzz target send:
@@ -344,5 +345,17 @@ func TestLinkBusy(t *testing.T) {
 		if want := c.busy * (1000 + wireOverhead); a.busyWire != want || a.busySpanUs != c.span*ms {
 			t.Errorf("%s: busy %d bytes over %d µs, want %d over %d", c.name, a.busyWire, a.busySpanUs, want, c.span*ms)
 		}
+	}
+}
+
+// TestWireOverheadIsGCM: the BWE's wire bytes count the tag of the SRTP
+// profile sessions use, AES-GCM's, first in peer/lite's offer.
+func TestWireOverheadIsGCM(t *testing.T) {
+	tag, err := srtp.ProtectionProfileAeadAes128Gcm.AEADAuthTagLen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := 20 + 8 + tag; wireOverhead != want {
+		t.Errorf("wireOverhead %d, want IPv4 + UDP + a %d-byte tag = %d", wireOverhead, tag, want)
 	}
 }

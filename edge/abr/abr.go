@@ -351,9 +351,10 @@ const (
 	// capFresh: a capacity measured this recently is the link's now.
 	capFresh = time.Second
 	nSamples = 32
-	// A full-size RTP packet, and the IP, UDP and SRTP bytes around it.
+	// A full-size RTP packet, and the IP, UDP and SRTP bytes around it
+	// (peer's wireOverhead: AES-GCM's 16-byte tag).
 	fullPacket     = 1200
-	packetOverhead = 38
+	packetOverhead = 44
 
 	maxBytesPerCall   = 1 << 30
 	maxPacketsPerCall = 1 << 20

@@ -90,7 +90,7 @@ func apply(c *Controller, now *time.Time, o op) (Decision, bool) {
 	case opLink:
 		b := o.n >> 11
 		c.OnLinkSample(*now, LinkSample{MinQueue: time.Duration(o.n&0x7ff) * time.Millisecond, Bytes: b,
-			WireBytes: b + b/1200*38, Span: 100 * time.Millisecond})
+			WireBytes: b + b/fullPacket*packetOverhead, Span: 100 * time.Millisecond})
 	case opBusy:
 		c.OnLinkSample(*now, LinkSample{Bytes: 10000, WireBytes: 10300, Span: 100 * time.Millisecond,
 			BusyWire: o.n >> 8, BusySpan: time.Duration(o.n&0xff) * time.Millisecond})
