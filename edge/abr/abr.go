@@ -345,6 +345,8 @@ const (
 	// failHoldMax, unless a check shows the link carries more.
 	failHold    = 8 * time.Second
 	failHoldMax = 24 * time.Second
+	// failShare: a failed probe proves at most this share of its bar.
+	failShare = 0.99
 	// downSettle and settleShare: see stepDown.
 	downSettle  = 2 * time.Second
 	settleShare = 0.8

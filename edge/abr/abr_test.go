@@ -815,3 +815,113 @@ func TestDownOnBusyBurst(t *testing.T) {
 		}
 	}
 }
+
+// TestProbeFailsOnBusyRate: a token bucket's burst lets the acknowledgements
+// over half a probe read above the link, but the packets that queued behind
+// the one before time the link itself: below the bar, the probe fails as
+// saturated and the viewer stays; above it, the same acknowledgements climb.
+// A busy rate read far above the link (a burst's packets just behind the
+// bucket's) proves nothing: a probe that fell short is not taken for more.
+func TestProbeFailsOnBusyRate(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		acked   float64 // the link, as the acknowledgements read it
+		busy    float64 // bit/s of full-size packets
+		climbed bool
+	}{
+		// The acknowledgements pass 480p's bar (1.2 Mbit/s).
+		{"the link timed under 480p's bar", 1.5e6, 1.0e6, false},
+		{"the link timed over 480p's bar", 1.5e6, 1.4e6, true},
+		{"a short probe, busy packets timed at 17 Mbit/s", 1.0e6, 17e6, false},
+	} {
+		r := newRig(t, DefaultConfig(), Limits{})
+		r.capacity, r.gcc = tc.acked, 20e6
+		const span = 30 * time.Millisecond
+		wire := int(tc.busy / 8 * span.Seconds() * (fullPacket + packetOverhead) / fullPacket)
+		climbed := false
+		for range 80 { // 8 s
+			if r.d.Probe.Active {
+				r.c.OnLinkSample(r.now, LinkSample{Bytes: 18000, WireBytes: 18700, Span: 100 * time.Millisecond, BusyWire: wire, BusySpan: span})
+			}
+			r.run(100 * time.Millisecond)
+			climbed = climbed || r.d.Target == "480p"
+		}
+		st := r.c.Stats()
+		if climbed != tc.climbed {
+			t.Errorf("%s: climbed %v, want %v (%d probes, %d failed, last %s)", tc.name, climbed, tc.climbed, st.Probes, st.ProbesFailed, st.LastProbe)
+		}
+		if !tc.climbed && tc.busy < tc.acked && st.LastProbe != ProbeSaturated {
+			t.Errorf("%s: last probe %q, want %q", tc.name, st.LastProbe, ProbeSaturated)
+		}
+	}
+}
+
+// TestProbeAboveMeasuredRate: a probe that passes above the rate a failed
+// probe measured shows the link has changed: the next probe goes for its
+// rung at once, not up a staircase of checks from the old rate.
+func TestProbeAboveMeasuredRate(t *testing.T) {
+	r := newRig(t, DefaultConfig(), Limits{})
+	r.capacity, r.gcc = 5e6, 20e6
+	const span = 30 * time.Millisecond
+	slow := int(1.1e6 / 8 * span.Seconds() * (fullPacket + packetOverhead) / fullPacket)
+	for range 40 { // the first probe for 480p times the link at 1.1 Mbit/s and fails
+		if r.d.Probe.Active {
+			r.c.OnLinkSample(r.now, LinkSample{Bytes: 18000, WireBytes: 18700, Span: 100 * time.Millisecond, BusyWire: slow, BusySpan: span})
+		}
+		r.run(100 * time.Millisecond)
+		if r.c.Stats().ProbesFailed > 0 {
+			break
+		}
+	}
+	if st := r.c.Stats(); st.LastProbe != ProbeSaturated {
+		t.Fatalf("stats %+v, want a probe failed on the busy rate", st)
+	}
+	for range 100 { // the link is fast now: up to 480p
+		if r.run(100 * time.Millisecond); r.d.Target == "480p" {
+			break
+		}
+	}
+	if r.d.Target != "480p" {
+		t.Fatalf("on %s, want 480p", r.d.Target)
+	}
+	top := 0
+	for range 5 { // the next probe, for 720p (bar 3 Mbit/s), within half a second
+		r.run(100 * time.Millisecond)
+		top = max(top, r.d.Probe.Bitrate)
+	}
+	if top < 3e6 {
+		t.Errorf("the probe after the climb padded up to %d bit/s in 0.5 s, want 720p's need (3 Mbit/s) at once", top)
+	}
+}
+
+// TestFailedProbeProvesLess: a probe that failed (here on GCC's fall) while its
+// acknowledgements read above its bar, as a token bucket's burst makes
+// them, does not prove its rung: no climb on the estimate alone follows.
+func TestFailedProbeProvesLess(t *testing.T) {
+	r := newRig(t, DefaultConfig(), Limits{})
+	r.capacity, r.gcc = 5e6, 20e6
+	for range 1000 { // to 480p, then the probe for 720p
+		if r.d.Target == "480p" && r.d.Probe.Active {
+			break
+		}
+		r.run(10 * time.Millisecond)
+	}
+	if r.d.Target != "480p" || !r.d.Probe.Active {
+		t.Fatalf("on %s, probe %v after 10 s; want a probe from 480p", r.d.Target, r.d.Probe.Active)
+	}
+	r.run(390 * time.Millisecond) // its acknowledgements reach the bar
+	r.gcc = 2e6                   // as GCC falls
+	r.run(10 * time.Millisecond)
+	st := r.c.Stats()
+	if st.LastProbe != ProbeGCCFall || st.LastProbeGot < st.LastProbeBar {
+		t.Fatalf("stats %+v, want the probe failed by GCC's fall with its bar acknowledged", st)
+	}
+	r.gcc = 20e6
+	from := len(r.log)
+	r.run(5 * time.Second)
+	for _, d := range r.log[from:] {
+		if d.Changed && d.Reason == ReasonEstimateUp {
+			t.Errorf("climbed to %s on the estimate after a failed probe", d.Target)
+		}
+	}
+}

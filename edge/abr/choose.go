@@ -22,7 +22,7 @@ func (c *Controller) stepDown(now time.Time, loss float64) {
 		limit *= settleShare
 	}
 	capacity, ok := c.saturation(now, time.Time{})
-	if b, busy := c.busyRate(now); !ok && busy && b < busyShare*limit {
+	if b, busy := c.busyRate(now, time.Time{}); !ok && busy && b < busyShare*limit {
 		// Not a standing queue yet, but a burst (a keyframe) timed the
 		// link well below the rung: a mild overload that a quiet scene
 		// or a token bucket would hide for a second or more.

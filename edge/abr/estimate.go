@@ -74,12 +74,13 @@ func fullRate(wire int64, span time.Duration) float64 {
 // (17 Mbit/s on a 4 Mbit/s link); summed with the next sample, where the
 // bucket is empty and the link's own rate shows, they hid an overload for
 // a sample or two more.
-func (c *Controller) busyRate(now time.Time) (float64, bool) {
+// Only samples taken after since count.
+func (c *Controller) busyRate(now, since time.Time) (float64, bool) {
 	var bytes int64
 	var span time.Duration
 	for i := 0; i < c.sN && span < busyMinSpan; i++ {
 		s := c.sample(i)
-		if now.Sub(s.at) > satFresh {
+		if now.Sub(s.at) > satFresh || !s.at.After(since) {
 			break // the rest are older
 		}
 		bytes += s.busyWire

@@ -19,7 +19,7 @@ func (c *Controller) judgeProbe(now time.Time, loss float64) {
 	// The probe filled the link, and the receiver timed what the link
 	// carried below the bar: the answer is in, before the queue overflows.
 	// In bytes of full-size packets, as the bar is judged (carried).
-	if capacity, ok := c.saturated(now, p.start, satProbeQueue, satProbeSpan); ok && capacity < p.bar {
+	if capacity, ok := c.probeCapacity(now); ok && capacity < p.bar {
 		c.linkCap, c.linkCapAt = capacity, now
 		c.probeFailed(now, ProbeSaturated)
 		return
@@ -57,6 +57,13 @@ func (c *Controller) judgeProbe(now time.Time, loss float64) {
 	if p.bar > c.failCap {
 		c.failIdx, c.failCap, c.failHeld = -1, 0, 0 // the link carries more than when it failed
 	}
+	if p.bar > c.linkCap {
+		// The link carries more than when it was last measured, and
+		// neither the pace nor the next probe is held to that rate: after
+		// a recovery, a rate measured by a failed probe in the slow phase
+		// turned the probe for the source into a staircase of four checks.
+		c.linkCapAt = time.Time{}
+	}
 }
 
 // cancelProbe ends a probe unjudged: the ladder, a pin or the link changed
@@ -80,9 +87,19 @@ func (c *Controller) probeFailed(now time.Time, why string) {
 	if capacity, ok := c.saturated(now, c.probe.start, satProbeQueue, satProbeSpan); ok {
 		// Measured by the receiver while the probe filled the link.
 		got = capacity
+	} else if b, ok := c.busyRate(now, c.probe.start); ok && b < got {
+		// Busy packets only ever lower it: behind a token bucket's burst
+		// they read several times the link (17 Mbit/s on 4), and taken
+		// as proven that climbed viewers to the source on the estimate.
+		got = b
 	}
 	c.stats.LastProbeBar, c.stats.LastProbeGot = c.probe.bar, got
-	c.proven = max(c.proven, got)
+	// It did not prove its own bar, whatever the acknowledgements read: a
+	// token bucket's burst lifts them above the link, and a GCC fall or
+	// loss may fail the probe just as they reach the bar. Taken as proven,
+	// that climbed viewers on the estimate alone to the rung the probe
+	// had just failed (the clip's source on a 4 Mbit/s link).
+	c.proven = max(c.proven, min(got, failShare*c.probe.bar))
 	c.stepFrom, c.stepMul = c.proven, checkStep
 	if !c.probe.check {
 		// Delivery timed by feedback arrival may read above the bar
@@ -92,10 +109,26 @@ func (c *Controller) probeFailed(now time.Time, why string) {
 			held = min(2*c.failHeld, failHoldMax)
 		}
 		c.failHeld = held
-		c.failIdx, c.failCap, c.failUntil = c.probe.idx, min(got, 0.99*c.probe.bar), now.Add(jitter(now, held))
+		c.failIdx, c.failCap, c.failUntil = c.probe.idx, min(got, failShare*c.probe.bar), now.Add(jitter(now, held))
 	}
 	c.chain = false
 	c.backOff(now)
+}
+
+// probeCapacity is the link's rate as the receiver timed it while the
+// running probe filled the link: over a standing queue, or else from the
+// packets that queued behind the one before (busyRate). The busy rate
+// matters where a token bucket shapes the link: its burst passes at line
+// rate, so the acknowledgements over half a probe (200 ms) read up to
+// 0.4 Mbit/s above a 4 Mbit/s link with a 10 kB bucket. That passed a
+// probe for the clip's source (3.9 Mbit/s with the margin) on a link that
+// carries 3.8, three runs of five once padding's wire bytes were counted
+// with AES-GCM's tag, and the viewer met the drop on the source.
+func (c *Controller) probeCapacity(now time.Time) (float64, bool) {
+	if capacity, ok := c.saturated(now, c.probe.start, satProbeQueue, satProbeSpan); ok {
+		return capacity, true
+	}
+	return c.busyRate(now, c.probe.start)
 }
 
 func (c *Controller) backOff(now time.Time) {
