@@ -925,3 +925,33 @@ func TestFailedProbeProvesLess(t *testing.T) {
 		}
 	}
 }
+
+// TestNoEstimateClimbToFailedRung: after a full probe for 720p failed,
+// feedback that reads delivery above 720p's need (bunched, or padding
+// still in the window) does not climb the viewer there on the estimate
+// while the failure holds.
+func TestNoEstimateClimbToFailedRung(t *testing.T) {
+	r := newRig(t, DefaultConfig(), Limits{})
+	r.capacity, r.gcc = 5e6, 20e6
+	const span = 30 * time.Millisecond
+	slow := int(2.5e6 / 8 * span.Seconds() * (fullPacket + packetOverhead) / fullPacket)
+	for range 200 { // up to 480p, then the probe for 720p times the link at 2.5 Mbit/s
+		if r.d.Target == "480p" && r.d.Probe.Active {
+			r.c.OnLinkSample(r.now, LinkSample{Bytes: 50000, WireBytes: 51800, Span: 100 * time.Millisecond, BusyWire: slow, BusySpan: span})
+		}
+		r.run(100 * time.Millisecond)
+		if r.c.Stats().ProbesFailed > 0 {
+			break
+		}
+	}
+	if st := r.c.Stats(); r.d.Target != "480p" || st.LastProbe != ProbeSaturated {
+		t.Fatalf("on %s, stats %+v; want a probe from 480p failed on the busy rate", r.d.Target, st)
+	}
+	for range 30 { // 3 s of feedback reading 4 Mbit/s delivered
+		r.c.OnDelivered(r.now, 50000, 42)
+		r.run(100 * time.Millisecond)
+		if r.d.Target == "720p" {
+			t.Fatalf("climbed to 720p by %s while its failed probe holds", r.d.Reason)
+		}
+	}
+}
