@@ -68,13 +68,12 @@ func fullRate(wire int64, span time.Duration) float64 {
 
 // busyRate returns the link's rate from the busy packets of the newest
 // samples that hold busyMinSpan of busy time, taken over the last
-// satFresh, in bytes of full-size RTP packets. Newest first, and no
-// further than needed: a token bucket passes its burst at line rate, and
-// the few packets that queue behind it read as a link many times faster
-// (17 Mbit/s on a 4 Mbit/s link); summed with the next sample, where the
-// bucket is empty and the link's own rate shows, they hid an overload for
-// a sample or two more.
-// Only samples taken after since count.
+// satFresh and after since, in bytes of full-size RTP packets. Newest
+// first, and no further than needed: a token bucket passes its burst at
+// line rate, and the few packets that queue behind it read as a link
+// many times faster (17 Mbit/s on a 4 Mbit/s link); summed with the next
+// sample, where the bucket is empty and the link's own rate shows, they
+// hid an overload for a sample or two more.
 func (c *Controller) busyRate(now, since time.Time) (float64, bool) {
 	var bytes int64
 	var span time.Duration
