@@ -366,7 +366,9 @@ const (
 type probe struct {
 	active bool
 	check  bool // a check below the next rung's need: success chains the full probe
-	idx    int  // the rung it is for
+	// afterCheck: a full probe chained by a check's success.
+	afterCheck bool
+	idx        int // the rung it is for
 	// congested is set by a change of GCC's target during the probe:
 	// ProbeGCCFall or ProbeGCCLeap.
 	congested  string
@@ -464,6 +466,10 @@ type Controller struct {
 	// early delivers little, and is no measure); after a check
 	// succeeded, stairStep over the check.
 	stepFrom, stepMul float64
+	// checked: the last probe was a check that succeeded. fooled: a full
+	// probe chained by such a check failed, so checks prove nothing on
+	// this link (see stepUp).
+	checked, fooled bool
 
 	stats Stats
 }

@@ -955,3 +955,66 @@ func TestNoEstimateClimbToFailedRung(t *testing.T) {
 		}
 	}
 }
+
+// TestFooledCheckSkipped: behind a token bucket a check passes on the
+// bucket's burst, and the full probe it chains fails. While the viewer
+// recovers, the next attempts are the full probe alone, on the recovery's
+// backoff, so that a link that came back is noticed half a second sooner;
+// a down-switch makes checks worth trying again.
+func TestFooledCheckSkipped(t *testing.T) {
+	r := newRig(t, DefaultConfig(), Limits{})
+	r.capacity, r.gcc = 1.5e6, 20e6
+	r.run(10 * time.Second)
+	if r.d.Target != "480p" {
+		t.Fatalf("on %s after 10 s at 1.5 Mbit/s; want 480p", r.d.Target)
+	}
+	r.capacity, r.gcc = 0.7e6, 0.7e6 // the link falls, and GCC with it: down to 360p
+	for i := 0; i < 300 && r.d.Target != "360p"; i++ {
+		r.run(10 * time.Millisecond)
+	}
+	if r.d.Target != "360p" {
+		t.Fatalf("on %s 3 s after the link fell; want 360p", r.d.Target)
+	}
+	r.gcc = 20e6 // it only caps nothing below: probes decide
+	// A bucket's burst: whatever is sent below 480p's need passes; more is
+	// held to 0.7 Mbit/s.
+	need := 1.2e6
+	var kinds []string // each probe's kind, in order: full if it padded to the need
+	probes := r.c.Stats().Probes
+	for range 2000 { // 20 s
+		r.capacity = 0.7e6
+		if r.d.Probe.Active && float64(r.d.Probe.Bitrate) < need {
+			r.capacity = 0
+		}
+		r.run(10 * time.Millisecond)
+		if n := r.c.Stats().Probes; n > probes {
+			probes = n
+			kinds = append(kinds, "check")
+		}
+		if r.d.Probe.Active && float64(r.d.Probe.Bitrate) >= need {
+			kinds[len(kinds)-1] = "full"
+		}
+	}
+	if r.d.Target != "360p" {
+		t.Fatalf("on %s on the 0.7 Mbit/s link", r.d.Target)
+	}
+	chained := -1 // a check, and the full probe its success chained
+	for i := 0; i+1 < len(kinds) && chained < 0; i++ {
+		if kinds[i] == "check" && kinds[i+1] == "full" {
+			chained = i
+		}
+	}
+	if chained < 0 {
+		t.Fatalf("probes %v; want a check that passes and chains the full probe", kinds)
+	}
+	if rest := kinds[chained+2:]; len(rest) < 3 || slices.Contains(rest, "check") {
+		t.Errorf("probes %v; after a check passed and its full probe failed, want full probes only, at least three", kinds)
+	}
+	r.capacity = 4e6 // the link recovers
+	for i := 0; i < 300 && r.d.Target == "360p"; i++ {
+		r.run(10 * time.Millisecond)
+	}
+	if r.d.Target != "480p" {
+		t.Errorf("on %s 3 s after the link recovered; want 480p", r.d.Target)
+	}
+}

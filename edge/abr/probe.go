@@ -50,6 +50,10 @@ func (c *Controller) judgeProbe(now time.Time, loss float64) {
 	}
 	c.chain, c.nextProbe = true, now
 	c.probed = !p.check
+	c.checked = p.check
+	if !p.check {
+		c.fooled = false
+	}
 	c.stepFrom, c.stepMul = 0, 0
 	if p.check {
 		c.stepFrom, c.stepMul = p.bar, stairStep
@@ -101,6 +105,14 @@ func (c *Controller) probeFailed(now time.Time, why string) {
 	// had just failed (the clip's source on a 4 Mbit/s link).
 	c.proven = max(c.proven, min(got, failShare*c.probe.bar))
 	c.stepFrom, c.stepMul = c.proven, checkStep
+	// A check that fails shows checks work here; a full probe that fails
+	// after one passed, that they do not (until a down-switch or a full
+	// probe's success).
+	if c.probe.check {
+		c.fooled = false
+	} else if c.probe.afterCheck {
+		c.fooled = true
+	}
 	if !c.probe.check {
 		// Delivery timed by feedback arrival may read above the bar
 		// while the link fell behind: the failure is what counts.
