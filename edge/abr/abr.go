@@ -347,6 +347,12 @@ const (
 	failHoldMax = 24 * time.Second
 	// failShare: a failed probe proves at most this share of its bar.
 	failShare = 0.99
+	// probedSlack: a probe that succeeded climbs to its rung though the
+	// rung's need rose during it, by up to this share. The source's bit
+	// rate is measured every second and swings by 10 %: the capped
+	// source's probe succeeded at 3.25 Mbit/s as its need became 3.26, and
+	// the same probe was sent again, half a second more on 480p.
+	probedSlack = 0.9
 	// downSettle and settleShare: see stepDown.
 	downSettle  = 2 * time.Second
 	settleShare = 0.8
@@ -455,10 +461,13 @@ type Controller struct {
 	climbed bool
 	below   time.Time // when raw fell below the lowest rung; zero: it is not
 
-	probe     probe
-	probeEnd  time.Time // when the last probe ended
-	probed    bool      // a probe just succeeded for the next rung: its climb is probe_ok
-	chain     bool      // a probe just succeeded: the next may start without UpHold
+	probe    probe
+	probeEnd time.Time // when the last probe ended
+	probed   bool      // a probe just succeeded for the next rung: its climb is probe_ok
+	// probedBar and probedIdx: the need that probe proved, and its rung.
+	probedBar float64
+	probedIdx int
+	chain     bool // a probe just succeeded: the next may start without UpHold
 	backoff   time.Duration
 	nextProbe time.Time
 	// The next probe goes no higher than stepFrom × stepMul (0: no bound):

@@ -1018,3 +1018,37 @@ func TestFooledCheckSkipped(t *testing.T) {
 		t.Errorf("on %s 3 s after the link recovered; want 480p", r.d.Target)
 	}
 }
+
+// TestProbeProvesItsBar: the capped source's bit rate, measured each
+// second, rose during its probe; the probe's success still climbs to it,
+// rather than sending the same probe again.
+func TestProbeProvesItsBar(t *testing.T) {
+	r := newRig(t, DefaultConfig(), Limits{Pin: "360p"})
+	r.gcc = 20e6
+	r.run(3 * time.Second)
+	r.c.Pin("auto")
+	for i := 0; i < 300 && !r.d.Probe.Active; i++ {
+		r.run(10 * time.Millisecond)
+	}
+	if !r.d.Probe.Active || r.d.Target != "360p" {
+		t.Fatalf("on %s, probe %v; want a probe from 360p", r.d.Target, r.d.Probe.Active)
+	}
+	probes := r.c.Stats().Probes
+	r.run(100 * time.Millisecond)
+	risen := slices.Clone(testLadder)
+	for i := range risen {
+		if risen[i].Name == "480p" {
+			risen[i].Bitrate = risen[i].Bitrate * 107 / 100
+		}
+	}
+	r.c.SetLadder(risen)
+	for i := 0; i < 300 && r.d.Target == "360p"; i++ {
+		r.run(10 * time.Millisecond)
+	}
+	if r.d.Target != "480p" || r.d.Reason != ReasonProbeOK {
+		t.Fatalf("on %s (%s); want 480p by its probe", r.d.Target, r.d.Reason)
+	}
+	if n := r.c.Stats().Probes - probes; n != 0 {
+		t.Errorf("%d more probes before the climb; want the first one's success to climb", n)
+	}
+}

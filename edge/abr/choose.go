@@ -124,7 +124,11 @@ func (c *Controller) stepUp(now time.Time, loss float64) {
 	// above the rung's need (a 4 Mbit/s viewer of the 20-viewer test
 	// climbed to the clip's source, 3.9 Mbit/s with the margin, so).
 	failed := j == c.failIdx && now.Before(c.failUntil)
-	if min(c.raw(now), c.basis(now)) >= need && (c.probed || calm && !c.queueing(now) && !failed) {
+	climbNeed := need
+	if c.probed && c.probedIdx == j && c.probedBar >= probedSlack*need {
+		climbNeed = min(need, c.probedBar)
+	}
+	if min(c.raw(now), c.basis(now)) >= climbNeed && (c.probed || calm && !c.queueing(now) && !failed) {
 		reason := ReasonEstimateUp
 		if c.probed {
 			reason = ReasonProbeOK
