@@ -475,6 +475,11 @@ func (v *netemViewer) report(decode bool) *viewerReport {
 		lastAt = r.at
 		if r.pad {
 			if cur != nil {
+				// Padding between a frame's first packet and its marker
+				// leaves the frame short of media: libwebrtc's packet
+				// buffer assembles no frame across it. (The node fills
+				// the numbers of a rung the viewer left so.)
+				cur.holed = true
 				cur.Done = max(cur.Done, r.at)
 			}
 			continue

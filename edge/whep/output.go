@@ -117,6 +117,9 @@ type sent struct {
 	pad   bool
 	// nacked: a NACK asked for it before.
 	nacked bool
+	// left: media of a rung the viewer has since left (an older
+	// generation than the one being sent).
+	left bool
 }
 
 // epoch is what clockMS counts from.
@@ -230,6 +233,7 @@ func (o *output) where(vseq uint16) (sent, bool) {
 		r.flags |= slotNacked
 		if g := o.gens[r.gen%genRing]; !e.pad && g.gen == r.gen {
 			e.hub, e.tsOff = g.hub, g.tsOff
+			e.left = r.gen != o.gen
 		}
 	}
 	o.mu.Unlock()
@@ -260,6 +264,23 @@ func (o *output) lookup(vseq uint16, h *rtp.Header) (*media.Packet, uint32) {
 		return nil, 0
 	}
 	if !ok {
+		return nil, 0
+	}
+	if e.left {
+		// Media of a rung the viewer has left: the new rung's keyframe
+		// went out before this NACK could come back, and a repair would
+		// queue behind (or among) its packets, useless, since a decoder
+		// starts afresh at that keyframe. Right after a down-switch for
+		// congestion, tens of such repairs at 1.2 kB each took the slow
+		// link's time from the keyframe. So the number is filled with
+		// the smallest padding packet, as for lost padding: the
+		// receiver stops asking, and the frame it belonged to, never
+		// whole, is dropped (libwebrtc assembles no frame across a
+		// padding packet).
+		if p := e.hub.Retransmit(e.hseq); p != nil {
+			*h = rtp.Header{Version: 2, Padding: true, SequenceNumber: vseq, Timestamp: p.Timestamp + e.tsOff, Extensions: h.Extensions[:0]}
+			o.track.write(h, padRepair)
+		}
 		return nil, 0
 	}
 	// A receiver that asks again before a round trip has passed (pion
