@@ -97,25 +97,28 @@
 // and a feedback delay or two pass without success. It also fails as
 // soon as a link sample shows the link saturated at a rate below what it
 // must deliver: before the queue overflows, not after. The loss a probe
-// causes fails it and is no reason to go down. A success climbs at once
-// and chains the next rung's probe, so the 4 → 0.8 → 4 Mbps link climbs
-// back two rungs in about 2 s (see the simulation in sim_test.go and
-// scenario_test.go). A failure waits
-// ProbeBackoffMin, doubling while failures repeat (a check's success does
-// not reset it, only a full probe's): up to ProbeBackoffMax while the
-// viewer is below the rung it left at a down-switch within 30 s, and up
-// to 8 s, jittered, under the ceiling its probes found. The next attempt
-// is only a check 15 % above what is proven,
-// then 50 % steps after each check that passes, so that a viewer parked
-// below a rung its link cannot carry pays a small queueing bump every few
-// seconds rather than a full overshoot, yet still notices a link that
-// recovered. A link measured saturated below a rung's need in the last
-// 10 s also starts with such a check. A full probe that failed is not
-// tried again for the same rung for about 8 s unless a check shows the link
-// carries more than it did then: a rung whose need is within a few
-// percent of the link would otherwise overflow it every few seconds. That
-// hold waits for the viewer's first climb: until then its rung is the
-// start's guess, not a ceiling it found.
+// causes fails it and is no reason to go down. A success climbs at once (to
+// its rung, though the rung's measured need rose by up to 10 % while it
+// ran) and chains the next rung's probe, so the 4 → 0.8 → 4 Mbps link
+// climbs back two rungs in about 2 s (see the simulation in sim_test.go and
+// scenario_test.go). A failure waits ProbeBackoffMin, doubling while
+// failures repeat (a check's success does not reset it, only a full
+// probe's): up to ProbeBackoffMax while the viewer is below the rung it
+// left at a down-switch within 30 s, and up to 8 s, jittered, under the
+// ceiling its probes found. The next attempt is only a check 15 % above
+// what is proven, then 50 % steps after each check that passes, so that a
+// viewer parked below a rung its link cannot carry pays a small queueing
+// bump every few seconds rather than a full overshoot, yet still notices a
+// link that recovered. While recovering, once a check has passed and the
+// full probe it chained has failed, checks are skipped: a token bucket
+// passes them (15 % over a 0.8 Mbit/s link drains a 10 kB bucket in 0.7 s),
+// and they only delay noticing the recovery. A link measured saturated
+// below a rung's need in the last 10 s also starts with such a check. A
+// full probe that failed is not tried again for the same rung for about 8 s
+// unless a check shows the link carries more than it did then (or checks
+// are skipped, as above): a rung whose need is within a few percent of the
+// link would otherwise overflow it every few seconds. That hold waits for the viewer's first climb: until
+// then its rung is the start's guess, not a ceiling it found.
 // Loss within 2 s of joining (the first media, Started), of any switch or
 // of a probe's end is the keyframe burst's or the probe's, and is not held
 // against the rung. A climb undone by congestion within 3 s counts as a
