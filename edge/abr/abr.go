@@ -117,8 +117,9 @@
 // full probe that failed is not tried again for the same rung for about 8 s
 // unless a check shows the link carries more than it did then (or checks
 // are skipped, as above): a rung whose need is within a few percent of the
-// link would otherwise overflow it every few seconds. That hold waits for the viewer's first climb: until
-// then its rung is the start's guess, not a ceiling it found.
+// link would otherwise overflow it every few seconds. That hold waits for
+// the viewer's first climb: until then its rung is the start's guess, not a
+// ceiling it found.
 // Loss within 2 s of joining (the first media, Started), of any switch or
 // of a probe's end is the keyframe burst's or the probe's, and is not held
 // against the rung. A climb undone by congestion within 3 s counts as a
@@ -478,10 +479,9 @@ type Controller struct {
 	// early delivers little, and is no measure); after a check
 	// succeeded, stairStep over the check.
 	stepFrom, stepMul float64
-	// checked: the last probe was a check that succeeded. fooled: a full
-	// probe chained by such a check failed, so checks prove nothing on
-	// this link (see stepUp).
-	checked, fooled bool
+	// fooled: a full probe chained by a check's success failed, so checks
+	// prove nothing on this link (see stepUp).
+	fooled bool
 
 	stats Stats
 }

@@ -100,7 +100,7 @@ func (c *Controller) down(now time.Time, j int, reason string) {
 	c.climbedAt = time.Time{}
 	// The link has just changed: what an old probe measured is stale.
 	c.stepFrom = 0
-	c.checked, c.fooled = false, false
+	c.fooled = false
 	if !c.recovering(now) || c.cur > c.downFrom {
 		c.downFrom = c.cur
 	}
@@ -162,8 +162,9 @@ func (c *Controller) stepUp(now time.Time, loss float64) {
 	if !c.rttSet {
 		grace = 2 * c.lag()
 	}
+	// A check's success leaves the stair step to build on (probe.go).
 	p := probe{active: true, idx: j, from: from, to: need * probeOver, bar: need, start: now, end: now.Add(c.cfg.ProbeDuration + grace),
-		afterCheck: c.checked}
+		afterCheck: c.stepFrom > 0 && c.stepMul == stairStep}
 	// A check that passed and chained a full probe that failed proved
 	// nothing: behind a token bucket (the lab's 0.8 Mbit/s link, 10 kB) a
 	// check 15 % over the link passes on the bucket, every time. While the
@@ -185,6 +186,6 @@ func (c *Controller) stepUp(now time.Time, loss float64) {
 		return
 	}
 	c.probe = p
-	c.chain, c.checked = false, false
+	c.chain = false
 	c.stats.Probes++
 }

@@ -51,7 +51,6 @@ func (c *Controller) judgeProbe(now time.Time, loss float64) {
 	c.chain, c.nextProbe = true, now
 	c.probed = !p.check
 	c.probedBar, c.probedIdx = p.bar, p.idx
-	c.checked = p.check
 	if !p.check {
 		c.fooled = false
 	}
