@@ -453,6 +453,11 @@ func (v *netemViewer) report(decode bool) *viewerReport {
 	var cur *frameBuild
 	var frames []*frameBuild
 	pendingHole := false // a hole after a frame's marker belongs to the next frame
+	// padBefore: padding came since the last frame ended. libwebrtc's
+	// packet buffer then starts a frame only at a packet that begins one
+	// (an FU-A with its start bit, or a whole NAL unit): padding that fills
+	// a frame's lost first packet leaves the rest of it no frame.
+	padBefore := false
 	lastAt := int64(0)
 	finish := func() {
 		if cur != nil {
@@ -481,6 +486,8 @@ func (v *netemViewer) report(decode bool) *viewerReport {
 				// the numbers of a rung the viewer left so.)
 				cur.holed = true
 				cur.Done = max(cur.Done, r.at)
+			} else {
+				padBefore = true
 			}
 			continue
 		}
@@ -493,9 +500,9 @@ func (v *netemViewer) report(decode bool) *viewerReport {
 			// browser (libwebrtc's packet buffer) hands it to the decoder
 			// whatever was lost before it. Any other frame needs every
 			// sequence number since the frame before it.
-			holed := pendingHole && !startsKeyframe(r)
+			holed := pendingHole && !startsKeyframe(r) || padBefore && !beginsFrame(r.payload)
 			cur = &frameBuild{frameRec: frameRec{TS: r.ts, S0: s, First: r.at}, holed: holed}
-			pendingHole = false
+			pendingHole, padBefore = false, false
 		}
 		cur.S1 = s
 		cur.First = min(cur.First, r.at)
@@ -627,6 +634,19 @@ func (v *netemViewer) decode(frames []*frameBuild, rep *viewerReport) {
 			}
 		}
 	}
+}
+
+// beginsFrame reports whether an H.264 RTP payload can begin a frame, as
+// libwebrtc's depacketizer marks a packet first in its frame: an FU-A or
+// FU-B with its start bit, or anything else (a single NAL unit, STAP-A).
+func beginsFrame(payload []byte) bool {
+	if len(payload) == 0 {
+		return false
+	}
+	if t := payload[0] & 0x1f; t == 28 || t == 29 {
+		return len(payload) > 1 && payload[1]&0x80 != 0
+	}
+	return true
 }
 
 // startsKeyframe reports whether r begins a keyframe: it carries the SPS,
