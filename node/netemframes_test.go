@@ -36,9 +36,9 @@ func TestNetemFramesAcrossPadding(t *testing.T) {
 		pkts []*rxPacket
 		want []bool // each frame's Complete
 	}{
-		{"probe padding between frames", concat(frame(3000, 3), []*rxPacket{pad, pad}, frame(6000, 3)), []bool{true, true}},
-		{"a frame's first packet filled with padding", concat(frame(3000, 3), []*rxPacket{pad}, frame(6000, 3)[1:], frame(9000, 2)), []bool{true, false, true}},
-		{"a packet inside a frame filled with padding", concat(frame(3000, 3), frame(6000, 3)[:1], []*rxPacket{pad}, frame(6000, 3)[2:], frame(9000, 2)), []bool{true, false, true}},
+		{"probe padding between frames", slices.Concat(frame(3000, 3), []*rxPacket{pad, pad}, frame(6000, 3)), []bool{true, true}},
+		{"a frame's first packet filled with padding", slices.Concat(frame(3000, 3), []*rxPacket{pad}, frame(6000, 3)[1:], frame(9000, 2)), []bool{true, false, true}},
+		{"a packet inside a frame filled with padding", slices.Concat(frame(3000, 3), frame(6000, 3)[:1], []*rxPacket{pad}, frame(6000, 3)[2:], frame(9000, 2)), []bool{true, false, true}},
 	} {
 		v := &netemViewer{pkts: map[uint64]*rxPacket{}}
 		key := &rxPacket{ts: 0, marker: true, key: true, payload: sps}
@@ -54,16 +54,8 @@ func TestNetemFramesAcrossPadding(t *testing.T) {
 		if !slices.Equal(got, c.want) {
 			t.Errorf("%s: frames complete %v, want %v", c.name, got, c.want)
 		}
-		if last := rep.Frames[len(rep.Frames)-1]; c.want[1] == false && last.Decodable {
+		if last := rep.Frames[len(rep.Frames)-1]; !c.want[1] && last.Decodable {
 			t.Errorf("%s: the frame after the broken one is decodable", c.name)
 		}
 	}
-}
-
-func concat(parts ...[]*rxPacket) []*rxPacket {
-	var out []*rxPacket
-	for _, p := range parts {
-		out = append(out, p...)
-	}
-	return out
 }
