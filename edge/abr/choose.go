@@ -162,7 +162,8 @@ func (c *Controller) stepUp(now time.Time, loss float64) {
 	if !c.rttSet {
 		grace = 2 * c.lag()
 	}
-	// A check's success leaves the stair step to build on (probe.go).
+	// A check's success leaves the stair step to build on (probe.go);
+	// afterCheck only matters to a full probe.
 	p := probe{active: true, idx: j, from: from, to: need * probeOver, bar: need, start: now, end: now.Add(c.cfg.ProbeDuration + grace),
 		afterCheck: c.stepFrom > 0 && c.stepMul == stairStep}
 	// A check that passed and chained a full probe that failed proved
@@ -174,7 +175,7 @@ func (c *Controller) stepUp(now time.Time, loss float64) {
 	// next attempt is the full probe, on the recovery's backoff.
 	full := c.fooled && c.recovering(now)
 	if t := c.stepFrom * c.stepMul; t > from && t < need && !full {
-		p.to, p.bar, p.check, p.afterCheck = t, checkOK*t, true, false
+		p.to, p.bar, p.check = t, checkOK*t, true
 	} else if !full && j == c.failIdx && c.cur >= 0 && c.climbed && need > c.failCap && now.Before(c.failUntil) {
 		// The same full probe failed at this capacity, and nothing since
 		// showed more: it would fail again, and fill the link again. (Not

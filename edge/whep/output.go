@@ -259,8 +259,7 @@ func (o *output) where(vseq uint16) (sent, bool) {
 func (o *output) lookup(vseq uint16, h *rtp.Header) (*media.Packet, uint32) {
 	e, ok := o.where(vseq)
 	if e.valid && e.pad {
-		*h = rtp.Header{Version: 2, Padding: true, SequenceNumber: vseq, Timestamp: e.tsOff, Extensions: h.Extensions[:0]}
-		o.track.write(h, padRepair)
+		o.fill(h, vseq, e.tsOff)
 		return nil, 0
 	}
 	if !ok {
@@ -278,8 +277,7 @@ func (o *output) lookup(vseq uint16, h *rtp.Header) (*media.Packet, uint32) {
 		// whole, is dropped (libwebrtc assembles no frame across a
 		// padding packet).
 		if p := e.hub.Retransmit(e.hseq); p != nil {
-			*h = rtp.Header{Version: 2, Padding: true, SequenceNumber: vseq, Timestamp: p.Timestamp + e.tsOff, Extensions: h.Extensions[:0]}
-			o.track.write(h, padRepair)
+			o.fill(h, vseq, p.Timestamp+e.tsOff)
 		}
 		return nil, 0
 	}
@@ -302,6 +300,13 @@ func (o *output) lookup(vseq uint16, h *rtp.Header) (*media.Packet, uint32) {
 		o.mu.Unlock()
 	}
 	return p, e.tsOff
+}
+
+// fill answers a NACK for vseq with the smallest padding-only packet at
+// timestamp ts (h is the caller's scratch header).
+func (o *output) fill(h *rtp.Header, vseq uint16, ts uint32) {
+	*h = rtp.Header{Version: 2, Padding: true, SequenceNumber: vseq, Timestamp: ts, Extensions: h.Extensions[:0]}
+	o.track.write(h, padRepair)
 }
 
 // count adds what was sent since the last call to the stream's series:
