@@ -255,15 +255,16 @@ func (o *output) where(vseq uint16) (sent, bool) {
 // repeated NACKs would read as loss to the viewer's controller; resent
 // whole, the padding of a probe that overflowed the link would overflow
 // it again. The receiver's SRTP replay check lets the repair through,
-// since the original never arrived.
-func (o *output) lookup(vseq uint16, h *rtp.Header) (*media.Packet, uint32) {
+// since the original never arrived. filled says whether, and why, it
+// filled the number.
+func (o *output) lookup(vseq uint16, h *rtp.Header) (p *media.Packet, tsOff uint32, filled fill) {
 	e, ok := o.where(vseq)
 	if e.valid && e.pad {
 		o.fill(h, vseq, e.tsOff)
-		return nil, 0
+		return nil, 0, fillPadding
 	}
 	if !ok {
-		return nil, 0
+		return nil, 0, fillNone
 	}
 	if e.left {
 		// Media of a rung the viewer has left: the new rung's keyframe
@@ -278,8 +279,9 @@ func (o *output) lookup(vseq uint16, h *rtp.Header) (*media.Packet, uint32) {
 		// padding packet).
 		if p := e.hub.Retransmit(e.hseq); p != nil {
 			o.fill(h, vseq, p.Timestamp+e.tsOff)
+			return nil, 0, fillLeft
 		}
-		return nil, 0
+		return nil, 0, fillNone
 	}
 	// A receiver that asks again before a round trip has passed (pion
 	// asks on a timer; any receiver does while a full queue delays the
@@ -288,9 +290,9 @@ func (o *output) lookup(vseq uint16, h *rtp.Header) (*media.Packet, uint32) {
 	// resend a packet at most once a round trip.
 	now := clockMS(time.Now())
 	if e.rtxAt != 0 && time.Duration(now-e.rtxAt)*time.Millisecond < time.Duration(o.rtxHold.Load()) {
-		return nil, 0
+		return nil, 0, fillNone
 	}
-	p := e.hub.Retransmit(e.hseq)
+	p = e.hub.Retransmit(e.hseq)
 	if p != nil {
 		o.resent.Add(int64(len(p.Payload) + 12))
 		o.mu.Lock()
@@ -299,8 +301,18 @@ func (o *output) lookup(vseq uint16, h *rtp.Header) (*media.Packet, uint32) {
 		}
 		o.mu.Unlock()
 	}
-	return p, e.tsOff
+	return p, e.tsOff, fillNone
 }
+
+// fill is how lookup answered a NACKed number it did not resend.
+type fill uint8
+
+const (
+	fillNone    fill = iota
+	fillPadding      // lost padding: a padding packet in its place
+	fillLeft         // media of a rung the viewer has left: padding in its place
+	fillKinds
+)
 
 // fill answers a NACK for vseq with the smallest padding-only packet at
 // timestamp ts (h is the caller's scratch header).

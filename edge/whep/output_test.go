@@ -4,7 +4,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/cascade-cdn/cascade/edge/abr"
 	"github.com/cascade-cdn/cascade/media"
@@ -26,7 +29,10 @@ func TestNACKCountedOnce(t *testing.T) {
 	var h rtp.Header
 	for range 3 {
 		for _, seq := range []uint16{101, 105, 111} {
-			o.lookup(seq, &h)
+			// Padding is filled, not resent (and counted as such).
+			if _, _, filled := o.lookup(seq, &h); (filled == fillPadding) != (seq == 111) {
+				t.Fatalf("NACK for %d: filled %d", seq, filled)
+			}
 		}
 	}
 	o.lookup(4000, &h) // never sent: not counted
@@ -176,5 +182,43 @@ func TestPadTrack(t *testing.T) {
 		if got := s.padTrack(); (got == c.audio && got != nil) != c.wantOnAudio || got == nil {
 			t.Errorf("%s: padding on %v", c.name, got.track.tr.Kind)
 		}
+	}
+}
+
+// TestNACKFillsCounted: a viewer's NACK for lost padding is answered with
+// padding and counted as a fill, by the session that reads the NACK; one
+// for media is resent and counted as a retransmission.
+func TestNACKFillsCounted(t *testing.T) {
+	w := &seqTSWriter{}
+	o := testOutput(w)
+	src := o.hub.NewSource()
+	o.sub = o.hub.Subscribe()
+	src.Write(&media.Packet{SequenceNumber: 7, Marker: true, Keyframe: true, Payload: []byte{0x65, 1}})
+	if _, n, err := o.drain(nil); err != nil || n == 0 {
+		t.Fatalf("drain: %v, %d bytes sent", err, n)
+	}
+	o.padding(2 * padCost) // the viewer's numbers 8 and 9 (its first took the media's)
+	counter := func(name string) prometheus.Counter { return prometheus.NewCounter(prometheus.CounterOpts{Name: name}) }
+	s := &session{e: &Endpoint{}, video: o, rc: rtcpCounters{nacks: counter("n"), retransmits: counter("r"), plis: counter("p"),
+		fills: [...]prometheus.Counter{fillPadding: counter("fp"), fillLeft: counter("fl")}}}
+	raw, err := (&rtcp.TransportLayerNack{MediaSSRC: 1, Nacks: []rtcp.NackPair{{PacketID: 7, LostPackets: 0b11}}}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.hdrs = w.hdrs[:0]
+	budget := maxRetransmitsPerReport
+	if !s.onRTCP(time.Now(), raw, &budget) {
+		t.Fatal("NACK not understood")
+	}
+	for name, c := range map[string]struct {
+		got  prometheus.Counter
+		want float64
+	}{"nacked": {s.rc.nacks, 3}, "resent": {s.rc.retransmits, 1}, "filled padding": {s.rc.fills[fillPadding], 2}, "filled rung left": {s.rc.fills[fillLeft], 0}} {
+		if got := testutil.ToFloat64(c.got); got != c.want {
+			t.Errorf("%s: %v, want %v", name, got, c.want)
+		}
+	}
+	if len(w.hdrs) != 3 || w.hdrs[0].Padding || !w.hdrs[1].Padding || !w.hdrs[2].Padding {
+		t.Errorf("wrote %+v, want the media then two padding packets", w.hdrs)
 	}
 }

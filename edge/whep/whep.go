@@ -115,6 +115,7 @@ type metrics struct {
 	drops       *prometheus.CounterVec
 	nacks       *prometheus.CounterVec
 	retransmits *prometheus.CounterVec
+	fills       *prometheus.CounterVec
 	plis        *prometheus.CounterVec
 }
 
@@ -128,7 +129,9 @@ func New(eng *peer.Engine, streams Streams, pr prometheus.Registerer, log *slog.
 		drops:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cascade_viewer_queue_drops_total", Help: "Packets dropped because a viewer's queue was full."}, sk),
 		nacks:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cascade_viewer_nacks_total", Help: "Sequence numbers viewers asked to be retransmitted."}, []string{"stream"}),
 		retransmits: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cascade_viewer_retransmits_total", Help: "Packets retransmitted from the shared buffer."}, []string{"stream"}),
-		plis:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cascade_viewer_plis_total", Help: "Keyframe requests (PLI/FIR) from viewers, before coalescing."}, []string{"stream"}),
+		fills: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cascade_viewer_nack_fills_total",
+			Help: "NACKed numbers answered with a one-byte padding packet instead of a resend: lost probe padding (padding), or media of a rung the viewer had left (rung_left)."}, []string{"stream", "reason"}),
+		plis: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cascade_viewer_plis_total", Help: "Keyframe requests (PLI/FIR) from viewers, before coalescing."}, []string{"stream"}),
 	}
 	m.rungViewers = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cascade_viewer_rendition", Help: "Viewers on each rendition now."}, []string{"stream", "rendition"})
 	m.switches = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cascade_abr_switches_total", Help: "Rendition switches completed, by direction and reason."}, []string{"direction", "reason"})
@@ -150,7 +153,7 @@ func New(eng *peer.Engine, streams Streams, pr prometheus.Registerer, log *slog.
 	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cascade_viewer_refused_packets_total",
 		Help: "Packets from viewers refused before use: failed authentication or format (unauthenticated), or over the per-viewer rate limit (rate_limited)."}, []string{"reason"})
 	pr.MustRegister(m.badRTCP, m.refused)
-	pr.MustRegister(m.viewers, m.packets, m.bytes, m.drops, m.nacks, m.retransmits, m.plis,
+	pr.MustRegister(m.viewers, m.packets, m.bytes, m.drops, m.nacks, m.retransmits, m.fills, m.plis,
 		m.rungViewers, m.switches, m.keyAsks, m.estimate, m.rtt, m.probes, m.probeEnds, m.firstFrame, m.pausedSeconds, m.audioOnly, m.eventsDropped)
 	return &Endpoint{eng: eng, streams: streams, log: log.With("component", "whep"), m: m}
 }
@@ -158,7 +161,7 @@ func New(eng *peer.Engine, streams Streams, pr prometheus.Registerer, log *slog.
 // Forget drops the per-stream metrics of an ended stream.
 func (e *Endpoint) Forget(stream string) {
 	l := prometheus.Labels{"stream": stream}
-	for _, v := range []*prometheus.CounterVec{e.m.packets, e.m.bytes, e.m.drops, e.m.nacks, e.m.retransmits, e.m.plis} {
+	for _, v := range []*prometheus.CounterVec{e.m.packets, e.m.bytes, e.m.drops, e.m.nacks, e.m.retransmits, e.m.fills, e.m.plis} {
 		v.DeletePartialMatch(l)
 	}
 	e.m.rungViewers.DeletePartialMatch(l)
@@ -227,7 +230,8 @@ func (e *Endpoint) Offer(ctx context.Context, o wish.Offer) (wish.Session, strin
 		ended: o.Ended, evSubs: map[chan wish.Event]struct{}{},
 		log: e.log.With("stream", o.Stream, "remote", o.Remote),
 		rc: rtcpCounters{nacks: e.m.nacks.WithLabelValues(o.Stream), retransmits: e.m.retransmits.WithLabelValues(o.Stream),
-			plis: e.m.plis.WithLabelValues(o.Stream)},
+			plis: e.m.plis.WithLabelValues(o.Stream), fills: [...]prometheus.Counter{
+				fillPadding: e.m.fills.WithLabelValues(o.Stream, "padding"), fillLeft: e.m.fills.WithLabelValues(o.Stream, "rung_left")}},
 	}
 	if b := t.BWE(); b != nil {
 		s.bwe = b
@@ -409,7 +413,10 @@ func addSince(v *prometheus.CounterVec, label string, total, last uint64) {
 }
 
 // rtcpCounters are a session's series of the per-stream RTCP metrics.
-type rtcpCounters struct{ nacks, retransmits, plis prometheus.Counter }
+type rtcpCounters struct {
+	nacks, retransmits, plis prometheus.Counter
+	fills                    [fillKinds]prometheus.Counter // by fill
+}
 
 // onRTCP acts on one RTCP packet p of a viewer's compound: keyframe
 // requests, NACKs (answered from the shared buffers, at most budget
@@ -464,7 +471,11 @@ func (s *session) onRTCP(now time.Time, p []byte, budget *int) bool {
 					continue
 				}
 				*budget--
-				if pkt, off := o.lookup(seq, hdr); pkt != nil {
+				pkt, off, filled := o.lookup(seq, hdr)
+				if filled != fillNone {
+					s.rc.fills[filled].Inc()
+				}
+				if pkt != nil {
 					*hdr = rtp.Header{Version: 2, Marker: pkt.Marker, SequenceNumber: seq, Timestamp: pkt.Timestamp + off,
 						Extensions: hdr.Extensions[:0]} // reused, as in output.send
 					if o.track.write(hdr, pkt.Payload) == nil {

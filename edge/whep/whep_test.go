@@ -223,15 +223,15 @@ func TestSwitchAtKeyframe(t *testing.T) {
 		t.Fatalf("viewer 1008 maps to %+v", e)
 	}
 	var h rtp.Header
-	if p, _ := o.lookup(1008, &h); p == nil || p.SequenceNumber != 58 {
+	if p, _, _ := o.lookup(1008, &h); p == nil || p.SequenceNumber != 58 {
 		t.Fatalf("a NACK for 1008 is answered with %+v, want the low rung's 58", p)
 	}
 	// One for a packet of the rung left is filled with padding at its
 	// number and timestamp: the new rung's keyframe went first, and the
 	// old frame is of no use to a decoder that starts there.
 	w.hdrs = w.hdrs[:0]
-	if p, _ := o.lookup(1005, &h); p != nil {
-		t.Fatalf("a NACK for the rung left is answered with its media, seq %d", p.SequenceNumber)
+	if p, _, filled := o.lookup(1005, &h); p != nil || filled != fillLeft {
+		t.Fatalf("a NACK for the rung left is answered with %+v, filled %d (want nil, fillLeft)", p, filled)
 	}
 	if len(w.hdrs) != 1 || !w.hdrs[0].Padding || w.hdrs[0].SequenceNumber != 1005 || w.hdrs[0].Timestamp != 5*3000 {
 		t.Fatalf("a NACK for the rung left wrote %+v, want one padding packet, seq 1005, ts 15000", w.hdrs)
