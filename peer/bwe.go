@@ -173,11 +173,11 @@ type linkAcc struct {
 	haveBase          bool
 }
 
-// wireOverhead is what IPv4, UDP and SRTP's authentication tag add to an
+// WireOverhead is what IPv4, UDP and SRTP's authentication tag add to an
 // RTP packet on the wire. The tag is AES-GCM's 16 bytes, the profile both
 // ends prefer (browsers, pion and this server offer it first); a session
 // on AES-CM with HMAC-SHA1-80 carries 10, and its rates read 0.5 % high.
-const wireOverhead = 20 + 8 + 16
+const WireOverhead = 20 + 8 + 16
 
 // baseWindow is half the span over which the smallest one-way delay is
 // the base: long enough that a link kept busy for a few seconds does not
@@ -428,7 +428,7 @@ func (a *linkAcc) add(recv, dep int64, size int) {
 	if d := recv - a.lastRecvUs; a.haveRecv && d >= 0 && d < 1_000_000 {
 		a.spanUs += d
 		a.bytes += size
-		a.wire += size + wireOverhead
+		a.wire += size + WireOverhead
 	}
 	// Busy: the packet before it was still at the bottleneck when it
 	// arrived there (see LinkSample.BusyWire). Its own queueing delay
@@ -439,7 +439,7 @@ func (a *linkAcc) add(recv, dep int64, size int) {
 		// before (or within a feedback tick of it): its bytes count,
 		// and its time is in the next gap.
 		if d := recv - a.prevRecv; d >= 0 && d < 1_000_000 {
-			a.busyWire += size + wireOverhead
+			a.busyWire += size + WireOverhead
 			a.busySpanUs += d
 		}
 	}

@@ -294,7 +294,7 @@ func TestBWELinkSample(t *testing.T) {
 	// behind one that had waited a millisecond or more (the third only
 	// if the sends were less than a microsecond apart, not under -race),
 	// and counts its millisecond.
-	if n := s.BusyWire / (size + wireOverhead); s.BusyWire%(size+wireOverhead) != 0 || n < 7 || n > 8 ||
+	if n := s.BusyWire / (size + WireOverhead); s.BusyWire%(size+WireOverhead) != 0 || n < 7 || n > 8 ||
 		s.BusySpan != time.Duration(n)*time.Millisecond {
 		t.Errorf("a burst through an 8 Mbit/s link: busy %d bytes over %v, want 7 or 8 packets, a millisecond each", s.BusyWire, s.BusySpan)
 	}
@@ -309,8 +309,8 @@ func TestBWELinkSample(t *testing.T) {
 	// All twenty went out together, so each of these reached the link
 	// while the one before it (the ninth had waited 9 ms) was still
 	// there: busy, at the gaps the link made, 91 ms then 10 ms each.
-	if s.BusyWire != 10*(size+wireOverhead) || s.BusySpan != 181*time.Millisecond {
-		t.Errorf("busy: %d bytes over %v, want %d over 181ms", s.BusyWire, s.BusySpan, 10*(size+wireOverhead))
+	if s.BusyWire != 10*(size+WireOverhead) || s.BusySpan != 181*time.Millisecond {
+		t.Errorf("busy: %d bytes over %v, want %d over 181ms", s.BusyWire, s.BusySpan, 10*(size+WireOverhead))
 	}
 	// Feedback repeating acknowledged packets adds nothing.
 	b.ReadRTCP(time.Now(), feedback(10, 20, func(i int) int64 { return 1_100_000 + int64(i-10)*10_000 }))
@@ -342,7 +342,7 @@ func TestLinkBusy(t *testing.T) {
 		for i := range c.dep {
 			a.add((c.dep[i]+c.owd[i])*ms, c.dep[i]*ms, 1000)
 		}
-		if want := c.busy * (1000 + wireOverhead); a.busyWire != want || a.busySpanUs != c.span*ms {
+		if want := c.busy * (1000 + WireOverhead); a.busyWire != want || a.busySpanUs != c.span*ms {
 			t.Errorf("%s: busy %d bytes over %d µs, want %d over %d", c.name, a.busyWire, a.busySpanUs, want, c.span*ms)
 		}
 	}
@@ -355,7 +355,7 @@ func TestWireOverheadIsGCM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := 20 + 8 + tag; wireOverhead != want {
-		t.Errorf("wireOverhead %d, want IPv4 + UDP + a %d-byte tag = %d", wireOverhead, tag, want)
+	if want := 20 + 8 + tag; WireOverhead != want {
+		t.Errorf("WireOverhead %d, want IPv4 + UDP + a %d-byte tag = %d", WireOverhead, tag, want)
 	}
 }

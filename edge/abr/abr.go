@@ -364,7 +364,7 @@ const (
 	capFresh = time.Second
 	nSamples = 32
 	// A full-size RTP packet, and the IP, UDP and SRTP bytes around it
-	// (peer's wireOverhead: AES-GCM's 16-byte tag).
+	// (peer.WireOverhead, which whep's tests hold this to: AES-GCM's 16-byte tag).
 	fullPacket     = 1200
 	packetOverhead = 44
 

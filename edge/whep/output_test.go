@@ -11,6 +11,7 @@ import (
 
 	"github.com/cascade-cdn/cascade/edge/abr"
 	"github.com/cascade-cdn/cascade/media"
+	"github.com/cascade-cdn/cascade/peer"
 	"github.com/cascade-cdn/cascade/peer/lite"
 )
 
@@ -220,5 +221,14 @@ func TestNACKFillsCounted(t *testing.T) {
 	}
 	if len(w.hdrs) != 3 || w.hdrs[0].Padding || !w.hdrs[1].Padding || !w.hdrs[2].Padding {
 		t.Errorf("wrote %+v, want the media then two padding packets", w.hdrs)
+	}
+}
+
+// TestOverheadsAgree: the controller counts each packet's IP, UDP and SRTP
+// bytes as the BWE's link samples do (abr stays free of peer's imports,
+// so each has its constant).
+func TestOverheadsAgree(t *testing.T) {
+	if got, want := abr.ProbeBytes(0), peer.WireOverhead*1200/(1200+peer.WireOverhead); got != want {
+		t.Errorf("abr counts %d bytes of overhead per full-size packet, peer %d", got, want)
 	}
 }
