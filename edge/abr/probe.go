@@ -19,7 +19,7 @@ func (c *Controller) judgeProbe(now time.Time, loss float64) {
 	// The probe filled the link, and the receiver timed what the link
 	// carried below the bar: the answer is in, before the queue overflows.
 	// In bytes of full-size packets, as the bar is judged (carried).
-	if capacity, ok := c.probeCapacity(now); ok && capacity < p.bar {
+	if capacity, _, ok := c.probeCapacity(now); ok && capacity < p.bar {
 		c.linkCap, c.linkCapAt = capacity, now
 		c.probeFailed(now, ProbeSaturated)
 		return
@@ -88,14 +88,12 @@ func (c *Controller) probeFailed(now time.Time, why string) {
 	// to carry more says nothing against what was proven before (overload
 	// does, and is seen apart). It also sizes the next attempt.
 	got := c.carried(now, c.cfg.ProbeDuration/2)
-	if capacity, ok := c.saturated(now, c.probe.start, satProbeQueue, satProbeSpan); ok {
-		// Measured by the receiver while the probe filled the link.
+	// Measured by the receiver while the probe filled the link. Busy
+	// packets only ever lower it: behind a token bucket's burst they read
+	// several times the link (17 Mbit/s on 4), and taken as proven that
+	// climbed viewers to the source on the estimate.
+	if capacity, standing, ok := c.probeCapacity(now); ok && (standing || capacity < got) {
 		got = capacity
-	} else if b, ok := c.busyRate(now, c.probe.start); ok && b < got {
-		// Busy packets only ever lower it: behind a token bucket's burst
-		// they read several times the link (17 Mbit/s on 4), and taken
-		// as proven that climbed viewers to the source on the estimate.
-		got = b
 	}
 	c.stats.LastProbeBar, c.stats.LastProbeGot = c.probe.bar, got
 	// It did not prove its own bar, whatever the acknowledgements read: a
@@ -136,11 +134,13 @@ func (c *Controller) probeFailed(now time.Time, why string) {
 // probe for the clip's source (3.9 Mbit/s with the margin) on a link that
 // carries 3.8, three runs of five once padding's wire bytes were counted
 // with AES-GCM's tag, and the viewer met the drop on the source.
-func (c *Controller) probeCapacity(now time.Time) (float64, bool) {
-	if capacity, ok := c.saturated(now, c.probe.start, satProbeQueue, satProbeSpan); ok {
-		return capacity, true
+// standing says the rate was timed over a standing queue.
+func (c *Controller) probeCapacity(now time.Time) (rate float64, standing, ok bool) {
+	if rate, ok := c.saturated(now, c.probe.start, satProbeQueue, satProbeSpan); ok {
+		return rate, true, true
 	}
-	return c.busyRate(now, c.probe.start)
+	rate, ok = c.busyRate(now, c.probe.start)
+	return rate, false, ok
 }
 
 func (c *Controller) backOff(now time.Time) {
