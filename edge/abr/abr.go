@@ -236,7 +236,23 @@ type Stats struct {
 	// the receiver timed while the probe filled the link. Bit/s of
 	// full-size packets, for logs.
 	LastProbeBar, LastProbeGot float64
+	// Hold is why the last Tick started no probe and climbed no rung:
+	// one of the Hold constants; "" while a probe runs.
+	Hold string
 }
+
+// Why no probe started (Stats.Hold), for logs: a viewer that stays below
+// a rung its link carries is explained by the hold it sat in.
+const (
+	HoldTop     = "top"     // no allowed rung above, or pinned
+	HoldSwitch  = "switch"  // it switched in this Tick
+	HoldBackoff = "backoff" // waiting out the backoff after a failed probe
+	HoldCalm    = "calm"    // within UpHold of a switch or congestion
+	HoldLoss    = "loss"    // loss above LossProbeMax
+	HoldQueue   = "queue"   // the newest link sample shows a standing queue
+	HoldREMB    = "remb"    // the receiver's REMB is below the next rung's need
+	HoldFailed  = "failed"  // the same full probe failed lately at this capacity
+)
 
 // How a probe ended (Stats.LastProbe).
 const (
@@ -646,11 +662,13 @@ func (c *Controller) step(now time.Time) {
 	if len(c.ladder) == 0 {
 		c.cancelProbe()
 		c.cur = -1
+		c.stats.Hold = HoldTop
 		return
 	}
 	if c.pin >= 0 {
 		c.cancelProbe()
 		c.set(now, c.pin, ReasonPin)
+		c.stats.Hold = HoldTop
 		return
 	}
 	if c.cur >= 0 && !c.ok(c.cur) {

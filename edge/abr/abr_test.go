@@ -1052,3 +1052,44 @@ func TestProbeProvesItsBar(t *testing.T) {
 		t.Errorf("%d more probes before the climb; want the first one's success to climb", n)
 	}
 }
+
+// TestHoldReasons: Stats.Hold names why no probe runs, for the logs that
+// explain a viewer left below a rung its link carries.
+func TestHoldReasons(t *testing.T) {
+	r := newRig(t, DefaultConfig(), Limits{})
+	r.capacity = 640e3 // 360p and its audio: every probe fails
+	r.run(500 * time.Millisecond)
+	if h := r.c.Stats().Hold; h != HoldCalm {
+		t.Errorf("just joined: hold %q, want %q", h, HoldCalm)
+	}
+	for range 100 {
+		if r.run(50 * time.Millisecond); r.c.Stats().ProbesFailed > 0 {
+			break
+		}
+	}
+	r.run(100 * time.Millisecond)
+	if st := r.c.Stats(); st.ProbesFailed == 0 || st.Hold != HoldBackoff {
+		t.Errorf("after a failed probe: %d failed, hold %q, want %q", st.ProbesFailed, st.Hold, HoldBackoff)
+	}
+	r.c.Pin("240p")
+	r.run(100 * time.Millisecond)
+	if h := r.c.Stats().Hold; h != HoldTop {
+		t.Errorf("pinned: hold %q, want %q", h, HoldTop)
+	}
+
+	c, err := New(DefaultConfig(), testLadder, Limits{}, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := t0
+	for range 30 {
+		now = now.Add(100 * time.Millisecond)
+		c.OnSent(now, 10000)
+		c.OnDelivered(now, 10000, 10)
+		c.OnLinkSample(now, LinkSample{MinQueue: 15 * time.Millisecond, Bytes: 10000, WireBytes: 10500, Span: 100 * time.Millisecond})
+		c.Tick(now)
+	}
+	if h := c.Stats().Hold; h != HoldQueue {
+		t.Errorf("a link that queues: hold %q, want %q", h, HoldQueue)
+	}
+}

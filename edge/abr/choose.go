@@ -110,7 +110,12 @@ func (c *Controller) down(now time.Time, j int, reason string) {
 
 func (c *Controller) stepUp(now time.Time, loss float64) {
 	j := c.above(c.cur)
-	if j < 0 || c.switchedAt.Equal(now) {
+	if j < 0 {
+		c.stats.Hold = HoldTop
+		return
+	}
+	if c.switchedAt.Equal(now) {
+		c.stats.Hold = HoldSwitch
 		return
 	}
 	need := c.need(j)
@@ -138,14 +143,13 @@ func (c *Controller) stepUp(now time.Time, loss float64) {
 		}
 		c.probed = false
 		c.climbedAt = now
+		c.stats.Hold = HoldSwitch
 		c.set(now, j, reason)
 		return
 	}
 	c.probed = false
-	if now.Before(c.nextProbe) || !(c.chain || calm) || loss > c.cfg.LossProbeMax || c.queueing(now) {
-		return
-	}
-	if !c.rembAt.IsZero() && now.Sub(c.rembAt) <= rembTTL && c.remb < need {
+	if hold := c.probeHold(now, calm, loss, need); hold != "" {
+		c.stats.Hold = hold
 		return
 	}
 	if c.stepFrom == 0 && !c.linkCapAt.IsZero() && now.Sub(c.linkCapAt) < capTTL && c.linkCap < need {
@@ -184,9 +188,28 @@ func (c *Controller) stepUp(now time.Time, loss float64) {
 		// probes of a join fail on a busy receiver's noise, which held the
 		// viewer on 360p for 10 s of a 4 Mbit/s link in 3 of 40 runs on
 		// the lab; the backoff still spaces them.)
+		c.stats.Hold = HoldFailed
 		return
 	}
 	c.probe = p
 	c.chain = false
 	c.stats.Probes++
+	c.stats.Hold = ""
+}
+
+// probeHold says why no probe may start now, or "" if one may.
+func (c *Controller) probeHold(now time.Time, calm bool, loss, need float64) string {
+	switch {
+	case now.Before(c.nextProbe):
+		return HoldBackoff
+	case !(c.chain || calm):
+		return HoldCalm
+	case loss > c.cfg.LossProbeMax:
+		return HoldLoss
+	case c.queueing(now):
+		return HoldQueue
+	case !c.rembAt.IsZero() && now.Sub(c.rembAt) <= rembTTL && c.remb < need:
+		return HoldREMB
+	}
+	return ""
 }

@@ -106,7 +106,12 @@ type viewerABR struct {
 	lastStats    abr.Stats
 	lastEstimate float64
 	probeAt      time.Time // start of the probe under way, zero for none
-	probeN       int       // its number (abr.Stats.Probes)
+	// hold is why no probe runs (abr.Stats.Hold) since holdAt, logged as
+	// it changes: a viewer left below a rung its link carries is
+	// explained by what held its probes.
+	hold   string
+	holdAt time.Time
+	probeN int // its number (abr.Stats.Probes)
 }
 
 // estimator is the viewer's send-side bandwidth estimate (GCC), when the
@@ -255,6 +260,10 @@ func (a *viewerABR) tick(now time.Time, s *session) bool {
 	}
 	d := a.ctl.Tick(now)
 	a.lastEstimate = d.Estimate
+	if h := a.ctl.Stats().Hold; h != a.hold {
+		s.log.Debug("probe hold", "hold", h, "after", a.hold, "held", now.Sub(a.holdAt).Round(time.Millisecond))
+		a.hold, a.holdAt = h, now
+	}
 	a.apply(now, d, s)
 	a.setPace(d, s.video)
 	if now.Sub(a.estimateAt) >= time.Second {
