@@ -376,6 +376,12 @@ const (
 	// downSettle and settleShare: see stepDown.
 	downSettle  = 2 * time.Second
 	settleShare = 0.8
+	// drainMinSpan and drainJump: see drainShowsMore. A sample's busy
+	// packets over at least drainMinSpan (ten full-size packets at
+	// 3 Mbit/s) at drainJump times what a failed probe got show a link
+	// that changed; on the slow link the drain reads within 5 % of it.
+	drainMinSpan = 30 * time.Millisecond
+	drainJump    = 1.5
 	// capFresh: a capacity measured this recently is the link's now.
 	capFresh = time.Second
 	nSamples = 32
@@ -498,6 +504,12 @@ type Controller struct {
 	// fooled: a full probe chained by a check's success failed, so checks
 	// prove nothing on this link (see stepUp).
 	fooled bool
+	// hinted: drainShowsMore moved the next probe up; earlyUsed: the
+	// running or last probe started so, and the next waits its backoff.
+	hinted, earlyUsed bool
+	// failGot: what the last probe got, if it failed (bit/s); 0 after a
+	// success, or once the next probe starts.
+	failGot float64
 
 	stats Stats
 }

@@ -1093,3 +1093,71 @@ func TestHoldReasons(t *testing.T) {
 		t.Errorf("a link that queues: hold %q, want %q", h, HoldQueue)
 	}
 }
+
+// TestDrainShowsRecovery: a probe fails as saturated while the viewer
+// recovers, and the queue it left drains at several times the rate it
+// measured: the link came back, and the next probe starts without waiting
+// out the backoff. A drain at the old rate changes nothing.
+func TestDrainShowsRecovery(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		drain float64 // the drain's busy rate, bit/s
+		early bool
+	}{
+		{"drain at the new link's rate", 3.6e6, true},
+		{"drain at the old link's rate", 0.77e6, false},
+	} {
+		r := newRig(t, DefaultConfig(), Limits{})
+		r.capacity, r.gcc = 1.5e6, 20e6
+		r.run(10 * time.Second)
+		r.capacity, r.gcc = 0.7e6, 0.7e6
+		for i := 0; i < 300 && r.d.Target != "360p"; i++ {
+			r.run(10 * time.Millisecond)
+		}
+		r.gcc = 20e6
+		// The probes for 720p that failed at 1.5 Mbit/s left a backoff of
+		// up to 8 s.
+		for i := 0; i < 1500 && !r.d.Probe.Active; i++ {
+			r.run(10 * time.Millisecond)
+		}
+		if r.d.Target != "360p" || !r.d.Probe.Active {
+			t.Fatalf("%s: on %s, probing %v (hold %s); want a probe from 360p", tc.name, r.d.Target, r.d.Probe.Active, r.c.Stats().Hold)
+		}
+		// The link saturates under the probe, and the queue it left
+		// drains at tc.drain.
+		saturate := func() {
+			failed := r.c.Stats().ProbesFailed
+			for i := 0; i < 20 && r.c.Stats().ProbesFailed == failed; i++ {
+				const wire = 0.7e6 * 0.1 / 8
+				r.c.OnLinkSample(r.now, LinkSample{MinQueue: 30 * time.Millisecond, Bytes: wire, WireBytes: wire, Span: 100 * time.Millisecond,
+					BusyWire: wire, BusySpan: 100 * time.Millisecond})
+				r.run(100 * time.Millisecond)
+			}
+			if st := r.c.Stats(); st.LastProbe != ProbeSaturated {
+				t.Fatalf("%s: the probe ended %q; want %q", tc.name, st.LastProbe, ProbeSaturated)
+			}
+			r.run(100 * time.Millisecond)
+		}
+		drain := func() (early bool) {
+			probes := r.c.Stats().Probes
+			wire := int(tc.drain * 0.04 / 8)
+			r.c.OnLinkSample(r.now, LinkSample{Bytes: wire, WireBytes: wire, Span: 40 * time.Millisecond,
+				BusyWire: wire, BusySpan: 40 * time.Millisecond})
+			r.run(300 * time.Millisecond)
+			return r.c.Stats().Probes > probes
+		}
+		saturate()
+		if early := drain(); early != tc.early {
+			t.Errorf("%s: a probe within 300 ms of the drain: %v; want %v", tc.name, early, tc.early)
+		}
+		if !tc.early {
+			continue
+		}
+		// The probe it started fails too: the next drain, however fast,
+		// starts none (a receiver's batch can read fast).
+		saturate()
+		if drain() {
+			t.Errorf("%s: a second probe in a row started on a drain", tc.name)
+		}
+	}
+}

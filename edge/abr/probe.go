@@ -38,6 +38,7 @@ func (c *Controller) judgeProbe(now time.Time, loss float64) {
 	}
 	c.probeEnd = now
 	p.active = false
+	c.failGot = 0
 	c.stats.ProbesOK++
 	c.stats.LastProbe = ProbeOK
 	c.stats.LastProbeBar, c.stats.LastProbeGot = p.bar, c.carried(now, w)
@@ -96,6 +97,7 @@ func (c *Controller) probeFailed(now time.Time, why string) {
 		got = capacity
 	}
 	c.stats.LastProbeBar, c.stats.LastProbeGot = c.probe.bar, got
+	c.failGot = got
 	// It did not prove its own bar, whatever the acknowledgements read: a
 	// token bucket's burst lifts them above the link, and a GCC fall or
 	// loss may fail the probe just as they reach the bar. Taken as proven,

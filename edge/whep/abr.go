@@ -260,8 +260,10 @@ func (a *viewerABR) tick(now time.Time, s *session) bool {
 	}
 	d := a.ctl.Tick(now)
 	a.lastEstimate = d.Estimate
-	if h := a.ctl.Stats().Hold; h != a.hold {
-		s.log.Debug("probe hold", "hold", h, "after", a.hold, "held", now.Sub(a.holdAt).Round(time.Millisecond))
+	if h := a.ctl.Stats().Hold; h != a.hold || a.holdAt.IsZero() {
+		if !a.holdAt.IsZero() {
+			s.log.Debug("probe hold", "hold", h, "after", a.hold, "held", now.Sub(a.holdAt).Round(time.Millisecond))
+		}
 		a.hold, a.holdAt = h, now
 	}
 	a.apply(now, d, s)
