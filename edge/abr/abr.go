@@ -112,7 +112,10 @@
 // link that recovered. While recovering, once a check has passed and the
 // full probe it chained has failed, checks are skipped: a token bucket
 // passes them (15 % over a 0.8 Mbit/s link drains a 10 kB bucket in 0.7 s),
-// and they only delay noticing the recovery. A link measured saturated
+// and they only delay noticing the recovery. While recovering, the queue
+// a failed probe left, draining at the next rung's need and 1.5 times what
+// the probe got, shows the link came back: the next probe starts at once,
+// without the backoff (once in a row). A link measured saturated
 // below a rung's need in the last 10 s also starts with such a check. A
 // full probe that failed is not tried again for the same rung for about 8 s
 // unless a check shows the link carries more than it did then (or checks
