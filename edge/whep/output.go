@@ -257,7 +257,7 @@ func (o *output) where(vseq uint16) (sent, bool) {
 // it again. The receiver's SRTP replay check lets the repair through,
 // since the original never arrived. filled says whether, and why, it
 // filled the number.
-func (o *output) lookup(vseq uint16, h *rtp.Header) (p *media.Packet, tsOff uint32, filled fill) {
+func (o *output) lookup(vseq uint16, h *rtp.Header) (p *media.Packet, tsOff uint32, filled fillReason) {
 	e, ok := o.where(vseq)
 	if e.valid && e.pad {
 		o.fill(h, vseq, e.tsOff)
@@ -304,13 +304,13 @@ func (o *output) lookup(vseq uint16, h *rtp.Header) (p *media.Packet, tsOff uint
 	return p, e.tsOff, fillNone
 }
 
-// fill is how lookup answered a NACKed number it did not resend.
-type fill uint8
+// fillReason is why lookup answered a NACKed number with padding.
+type fillReason uint8
 
 const (
-	fillNone    fill = iota
-	fillPadding      // lost padding: a padding packet in its place
-	fillLeft         // media of a rung the viewer has left: padding in its place
+	fillNone    fillReason = iota
+	fillPadding            // lost padding: a padding packet in its place
+	fillLeft               // media of a rung the viewer has left: padding in its place
 	fillKinds
 )
 

@@ -415,7 +415,7 @@ func addSince(v *prometheus.CounterVec, label string, total, last uint64) {
 // rtcpCounters are a session's series of the per-stream RTCP metrics.
 type rtcpCounters struct {
 	nacks, retransmits, plis prometheus.Counter
-	fills                    [fillKinds]prometheus.Counter // by fill
+	fills                    [fillKinds]prometheus.Counter // by fillReason
 }
 
 // onRTCP acts on one RTCP packet p of a viewer's compound: keyframe
