@@ -192,6 +192,7 @@ func TestPadTrack(t *testing.T) {
 func TestNACKFillsCounted(t *testing.T) {
 	w := &seqTSWriter{}
 	o := testOutput(w)
+	defer o.close()
 	src := o.hub.NewSource()
 	o.sub = o.hub.Subscribe()
 	src.Write(&media.Packet{SequenceNumber: 7, Marker: true, Keyframe: true, Payload: []byte{0x65, 1}})
