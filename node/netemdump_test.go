@@ -21,16 +21,36 @@ type pktTrace struct {
 }
 
 // dumpDrop logs the run's timeline (logRun), then from 0.3 s before the
-// drop to 3 s after it the link's drop count, each frame and the video
-// packets as runs of one kind. (Probes' padding rides the audio when the
-// viewer counts it in its feedback, as pion's viewers do, so it does not
-// show among the video's packets.)
+// drop to 3 s after it, and around every gap of more than a second between
+// frames shown, the link's drop count, each frame and the video packets as
+// runs of one kind. (Probes' padding rides the audio when the viewer
+// counts it in its feedback, as pion's viewers do, so it does not show
+// among the video's packets.)
 func dumpDrop(t testing.TB, r *linkRun) {
 	if !netemDump() {
 		return
 	}
 	logRun(t, r)
-	from, to := r.drop.Add(-300*time.Millisecond), r.drop.Add(3*time.Second)
+	t.Logf("  around the drop:")
+	dumpWindow(t, r, r.drop.Add(-300*time.Millisecond), r.drop.Add(3*time.Second))
+	// The long freezes seen around a climb to the source (every packet
+	// received, no PLI) are rare: their packets are worth the log.
+	var last int64
+	for _, f := range r.view.Frames {
+		if f.Render == 0 {
+			continue
+		}
+		if last != 0 && f.Render-last > int64(time.Second) {
+			t.Logf("  around a gap of %v:", time.Duration(f.Render-last).Round(time.Millisecond))
+			dumpWindow(t, r, time.Unix(0, last).Add(-300*time.Millisecond), time.Unix(0, f.Render).Add(200*time.Millisecond))
+		}
+		last = max(last, f.Render)
+	}
+}
+
+// dumpWindow logs the link's drops, the frames and the video packets
+// between from and to, times relative to the drop.
+func dumpWindow(t testing.TB, r *linkRun, from, to time.Time) {
 	in := func(ns int64) bool { return ns >= from.UnixNano() && ns <= to.UnixNano() }
 	rel := func(ns int64) time.Duration { return time.Unix(0, ns).Sub(r.drop).Round(time.Millisecond) }
 	for _, d := range r.drops {
