@@ -956,26 +956,35 @@ func TestNoEstimateClimbToFailedRung(t *testing.T) {
 	}
 }
 
-// TestFooledCheckSkipped: behind a token bucket a check passes on the
-// bucket's burst, and the full probe it chains fails. While the viewer
-// recovers, the next attempts are the full probe alone, on the recovery's
-// backoff, so that a link that came back is noticed half a second sooner;
-// a down-switch makes checks worth trying again.
-func TestFooledCheckSkipped(t *testing.T) {
+// droppedRig is a viewer on 480p at 1.5 Mbit/s whose link then fell to
+// 0.7 Mbit/s, and GCC with it: it is on 360p, recovering, and GCC is back
+// high (it caps nothing below: probes decide).
+func droppedRig(t *testing.T) *rig {
+	t.Helper()
 	r := newRig(t, DefaultConfig(), Limits{})
 	r.capacity, r.gcc = 1.5e6, 20e6
 	r.run(10 * time.Second)
 	if r.d.Target != "480p" {
 		t.Fatalf("on %s after 10 s at 1.5 Mbit/s; want 480p", r.d.Target)
 	}
-	r.capacity, r.gcc = 0.7e6, 0.7e6 // the link falls, and GCC with it: down to 360p
+	r.capacity, r.gcc = 0.7e6, 0.7e6
 	for i := 0; i < 300 && r.d.Target != "360p"; i++ {
 		r.run(10 * time.Millisecond)
 	}
 	if r.d.Target != "360p" {
 		t.Fatalf("on %s 3 s after the link fell; want 360p", r.d.Target)
 	}
-	r.gcc = 20e6 // it only caps nothing below: probes decide
+	r.gcc = 20e6
+	return r
+}
+
+// TestFooledCheckSkipped: behind a token bucket a check passes on the
+// bucket's burst, and the full probe it chains fails. While the viewer
+// recovers, the next attempts are the full probe alone, on the recovery's
+// backoff, so that a link that came back is noticed half a second sooner;
+// a down-switch makes checks worth trying again.
+func TestFooledCheckSkipped(t *testing.T) {
+	r := droppedRig(t)
 	// A bucket's burst: whatever is sent below 480p's need passes; more is
 	// held to 0.7 Mbit/s.
 	need := 1.2e6
@@ -1107,14 +1116,7 @@ func TestDrainShowsRecovery(t *testing.T) {
 		{"drain at the new link's rate", 3.6e6, true},
 		{"drain at the old link's rate", 0.77e6, false},
 	} {
-		r := newRig(t, DefaultConfig(), Limits{})
-		r.capacity, r.gcc = 1.5e6, 20e6
-		r.run(10 * time.Second)
-		r.capacity, r.gcc = 0.7e6, 0.7e6
-		for i := 0; i < 300 && r.d.Target != "360p"; i++ {
-			r.run(10 * time.Millisecond)
-		}
-		r.gcc = 20e6
+		r := droppedRig(t)
 		// The probes for 720p that failed at 1.5 Mbit/s left a backoff of
 		// up to 8 s.
 		for i := 0; i < 1500 && !r.d.Probe.Active; i++ {
