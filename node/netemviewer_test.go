@@ -643,7 +643,7 @@ func beginsFrame(payload []byte) bool {
 	if len(payload) == 0 {
 		return false
 	}
-	if t := payload[0] & 0x1f; t == 28 || t == 29 {
+	if t := payload[0] & 0x1f; t == h264.NALUFUA || t == 29 { // FU-A, FU-B
 		return len(payload) > 1 && payload[1]&0x80 != 0
 	}
 	return true
