@@ -259,14 +259,29 @@ func (o *output) where(vseq uint16) (sent, bool) {
 // filled the number.
 func (o *output) lookup(vseq uint16, h *rtp.Header) (p *media.Packet, tsOff uint32, filled fillReason) {
 	e, ok := o.where(vseq)
-	if e.valid && e.pad {
-		o.fill(h, vseq, e.tsOff)
-		return nil, 0, fillPadding
-	}
-	if !ok {
+	if !e.valid || !e.pad && !ok {
 		return nil, 0, fillNone
 	}
-	if e.left {
+	// A receiver that asks again before a round trip has passed (pion
+	// asks on a timer; any receiver does while a full queue delays the
+	// answer) would get a copy per request, and on a congested link the
+	// copies keep the queue full: as libwebrtc's sender does, answer a
+	// number at most once a round trip. That holds for fills too: after
+	// the capped source's drop on the lab's 0.8 Mbit/s link, a 250 ms
+	// queue made pion's viewer ask for each of ~50 numbers of the rung it
+	// had left five times before the first fill came back, and the copies
+	// (dropped by the receiver's replay check, so never acknowledged)
+	// took the link's time from the new rung while its delivered rate
+	// read low.
+	now := clockMS(time.Now())
+	if e.rtxAt != 0 && time.Duration(now-e.rtxAt)*time.Millisecond < time.Duration(o.rtxHold.Load()) {
+		return nil, 0, fillNone
+	}
+	switch {
+	case e.pad:
+		o.fill(h, vseq, e.tsOff)
+		filled = fillPadding
+	case e.left:
 		// Media of a rung the viewer has left: the new rung's keyframe
 		// went out before this NACK could come back, and a repair would
 		// queue behind (or among) its packets, useless, since a decoder
@@ -277,31 +292,25 @@ func (o *output) lookup(vseq uint16, h *rtp.Header) (p *media.Packet, tsOff uint
 		// receiver stops asking, and the frame it belonged to, never
 		// whole, is dropped (libwebrtc assembles no frame across a
 		// padding packet).
-		if p := e.hub.Retransmit(e.hseq); p != nil {
-			o.fill(h, vseq, p.Timestamp+e.tsOff)
-			return nil, 0, fillLeft
+		old := e.hub.Retransmit(e.hseq)
+		if old == nil {
+			return nil, 0, fillNone
 		}
-		return nil, 0, fillNone
-	}
-	// A receiver that asks again before a round trip has passed (pion
-	// asks on a timer; any receiver does while a full queue delays the
-	// retransmission) would get a copy per request, and on a congested
-	// link the copies keep the queue full: as libwebrtc's sender does,
-	// resend a packet at most once a round trip.
-	now := clockMS(time.Now())
-	if e.rtxAt != 0 && time.Duration(now-e.rtxAt)*time.Millisecond < time.Duration(o.rtxHold.Load()) {
-		return nil, 0, fillNone
-	}
-	p = e.hub.Retransmit(e.hseq)
-	if p != nil {
+		o.fill(h, vseq, old.Timestamp+e.tsOff)
+		filled = fillLeft
+	default:
+		if p = e.hub.Retransmit(e.hseq); p == nil {
+			return nil, 0, fillNone
+		}
 		o.resent.Add(int64(len(p.Payload) + 12))
-		o.mu.Lock()
-		if r := &o.ring[o.slot(vseq)]; r.flags&slotValid != 0 && r.vseq == vseq {
-			r.rtxAt = now
-		}
-		o.mu.Unlock()
+		tsOff = e.tsOff
 	}
-	return p, e.tsOff, fillNone
+	o.mu.Lock()
+	if r := &o.ring[o.slot(vseq)]; r.flags&slotValid != 0 && r.vseq == vseq {
+		r.rtxAt = now
+	}
+	o.mu.Unlock()
+	return p, tsOff, filled
 }
 
 // fillReason is why lookup answered a NACKed number with padding.

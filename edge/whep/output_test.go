@@ -225,6 +225,42 @@ func TestNACKFillsCounted(t *testing.T) {
 	}
 }
 
+// TestNACKAnsweredOncePerRoundTrip: a number asked for again before a
+// round trip has passed is not answered again, whether its answer was a
+// resend or a fill; a copy would only fill the queue that delays the
+// first, and the receiver's replay check drops it.
+func TestNACKAnsweredOncePerRoundTrip(t *testing.T) {
+	w := &seqTSWriter{}
+	o := testOutput(w)
+	defer o.close()
+	src := o.hub.NewSource()
+	o.sub = o.hub.Subscribe()
+	src.Write(&media.Packet{SequenceNumber: 7, Marker: true, Keyframe: true, Payload: []byte{0x65, 1}})
+	if _, n, err := o.drain(nil); err != nil || n == 0 {
+		t.Fatalf("drain: %v, %d bytes sent", err, n)
+	}
+	o.padding(padCost) // the viewer's number 8
+	o.rtxHold.Store(int64(10 * time.Second))
+	var h rtp.Header
+	ask := func(round string, wantResend, wantFill bool) {
+		t.Helper()
+		w.hdrs = w.hdrs[:0]
+		if p, _, filled := o.lookup(7, &h); (p != nil) != wantResend || filled != fillNone {
+			t.Errorf("%s: media asked for: resent %v filled %d, want resent %v", round, p != nil, filled, wantResend)
+		}
+		if _, _, filled := o.lookup(8, &h); (filled == fillPadding) != wantFill {
+			t.Errorf("%s: padding asked for: filled %d, want filled %v", round, filled, wantFill)
+		}
+		if n := len(w.hdrs); wantFill != (n == 1) {
+			t.Errorf("%s: %d packets written", round, n)
+		}
+	}
+	ask("first", true, true)
+	ask("again within the round trip", false, false)
+	o.rtxHold.Store(0)
+	ask("after the round trip", true, true)
+}
+
 // TestOverheadsAgree: the controller counts each packet's IP, UDP and SRTP
 // bytes as the BWE's link samples do (abr stays free of peer's imports,
 // so each has its constant).
