@@ -1041,8 +1041,9 @@ func logRun(t testing.TB, r *linkRun) {
 	for _, c := range r.subs {
 		t.Logf("  %+7.3fs hub %s subscribers %+d", c.at.Sub(r.start).Seconds(), c.rung, c.n)
 	}
-	t.Logf("  viewer: %d packets, %d padding, %d duplicates, %d holes, %d PLIs, %d frames", r.view.Packets, r.view.Padding,
-		r.view.Duplicates, len(r.view.Holes), r.view.PLIs, len(r.view.Frames))
+	t.Logf("  viewer: %d packets, %d padding, %d duplicates, %d holes, %d PLIs, %d frames; read lag median %v, p99 %v, longest %v",
+		r.view.Packets, r.view.Padding, r.view.Duplicates, len(r.view.Holes), r.view.PLIs, len(r.view.Frames),
+		r.view.ReadLag[0].Round(10*time.Microsecond), r.view.ReadLag[1].Round(10*time.Microsecond), r.view.ReadLag[2].Round(10*time.Microsecond))
 	s := r.shown()
 	for i := 1; i < len(s); i++ {
 		if gap := s[i].at.Sub(s[i-1].at); gap > freezeGap || s[i].rung != s[i-1].rung {

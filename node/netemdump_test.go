@@ -18,6 +18,7 @@ type pktTrace struct {
 	S  uint64 // extended sequence number
 	At int64  // arrival, Unix nanoseconds
 	K  byte   // 'p' padding, 'm' media, 'k' keyframe media; upper case: a repair
+	L  int64  // At less the kernel's arrival, ns
 }
 
 // dumpDrop logs the run's timeline (logRun), then from 0.3 s before the
@@ -73,11 +74,12 @@ func dumpWindow(t testing.TB, r *linkRun, from, to time.Time) {
 		if len(run) == 0 {
 			return
 		}
-		lo, hi := run[0].At, run[0].At
+		lo, hi, lag := run[0].At, run[0].At, int64(0)
 		for _, p := range run {
-			lo, hi = min(lo, p.At), max(hi, p.At)
+			lo, hi, lag = min(lo, p.At), max(hi, p.At), max(lag, p.L)
 		}
-		t.Logf("    packets %c %d-%d (%d) at %v..%v", run[0].K, run[0].S, run[len(run)-1].S, len(run), rel(lo), rel(hi))
+		t.Logf("    packets %c %d-%d (%d) at %v..%v read lag ≤%v", run[0].K, run[0].S, run[len(run)-1].S, len(run), rel(lo), rel(hi),
+			time.Duration(lag).Round(100*time.Microsecond))
 		run = run[:0]
 	}
 	for _, p := range r.view.Trace {

@@ -3,6 +3,7 @@ package node
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
@@ -22,6 +24,7 @@ import (
 	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v4"
+	"golang.org/x/sys/unix"
 
 	"github.com/cascade-cdn/cascade/media/h264"
 	"github.com/cascade-cdn/cascade/transcode/av"
@@ -90,7 +93,12 @@ type viewerReport struct {
 	// received that never arrived, retransmissions included.
 	Holes        []holeRec
 	DecodeErrors int
-	DecodeError  string     // the first
+	DecodeError  string // the first
+	// ReadLag is how long after the kernel received a packet (audio or
+	// video) the viewer read it, and pion stamped its arrival for the
+	// transport-wide feedback: the median, the 99th percentile and the
+	// longest.
+	ReadLag [3]time.Duration
 	Trace        []pktTrace `json:",omitempty"` // with netemDumpEnv
 }
 
@@ -204,6 +212,7 @@ type netemViewer struct {
 	dups    int
 	audio   int
 	plis    int
+	lags    []int64 // each packet's read less its kernel arrival, ns
 
 	wg sync.WaitGroup
 }
@@ -218,6 +227,7 @@ type frameBuild struct {
 
 type rxPacket struct {
 	at      int64
+	lag     int64 // at less the kernel's arrival, ns
 	ts      uint32
 	marker  bool
 	pad     bool
@@ -349,16 +359,24 @@ func (v *netemViewer) read(tr *webrtc.TrackRemote) {
 			return
 		}
 		now := time.Now().UnixNano()
+		var lag int64
+		if n >= 12 {
+			// Every packet's stamp is taken, so the map stays small.
+			if k := v.conn.kernelAt(binary.BigEndian.Uint32(buf[8:12]), binary.BigEndian.Uint16(buf[2:4])); k > 0 {
+				lag = now - k
+			}
+		}
 		if !video {
 			v.mu.Lock()
 			v.audio++
+			v.lags = append(v.lags, lag)
 			v.mu.Unlock()
 			continue
 		}
 		if p.Unmarshal(buf[:n]) != nil {
 			continue
 		}
-		r := &rxPacket{at: now, ts: p.Timestamp, marker: p.Marker, pad: len(p.Payload) == 0}
+		r := &rxPacket{at: now, lag: lag, ts: p.Timestamp, marker: p.Marker, pad: len(p.Payload) == 0}
 		if !r.pad {
 			r.key = netemKeyframe(p.Payload)
 			if v.keep || h264.FindSPS(p.Payload) != nil {
@@ -366,6 +384,7 @@ func (v *netemViewer) read(tr *webrtc.TrackRemote) {
 			}
 		}
 		v.mu.Lock()
+		v.lags = append(v.lags, lag)
 		v.ssrc = uint32(tr.SSRC())
 		if !v.started {
 			v.started = true
@@ -442,6 +461,10 @@ func (v *netemViewer) report(decode bool) *viewerReport {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	rep := &viewerReport{Packets: len(v.pkts), Padding: v.padding, Duplicates: v.dups, Audio: v.audio, PLIs: v.plis}
+	if len(v.lags) > 0 {
+		l := slices.Sorted(slices.Values(v.lags))
+		rep.ReadLag = [3]time.Duration{time.Duration(l[len(l)/2]), time.Duration(l[len(l)*99/100]), time.Duration(l[len(l)-1])}
+	}
 	if len(v.pkts) == 0 {
 		return rep
 	}
@@ -581,7 +604,7 @@ func (v *netemViewer) report(decode bool) *viewerReport {
 			if r.late {
 				k -= 'a' - 'A'
 			}
-			rep.Trace = append(rep.Trace, pktTrace{S: s, At: r.at, K: k})
+			rep.Trace = append(rep.Trace, pktTrace{S: s, At: r.at, K: k, L: r.lag})
 		}
 	}
 	rep.Frames = make([]frameRec, len(frames))
@@ -681,7 +704,12 @@ func netemKeyframe(payload []byte) bool {
 }
 
 // delayedConn delays every datagram written by a fixed time, keeping their
-// order: the link's latency, on the viewer's side.
+// order: the link's latency, on the viewer's side. It also notes when the
+// kernel received each RTP packet (SO_TIMESTAMPNS), by SSRC and sequence
+// number, which SRTP leaves in the clear: pion stamps a packet's arrival
+// for its transport-wide feedback only when the application reads it,
+// several goroutines later, and the difference is this process's, not
+// the link's.
 type delayedConn struct {
 	*net.UDPConn
 	delay time.Duration
@@ -689,6 +717,10 @@ type delayedConn struct {
 	done  chan struct{}
 	once  sync.Once
 	wg    sync.WaitGroup
+
+	stampMu sync.Mutex
+	stamps  map[uint64]int64 // ssrc<<16 | seq → kernel arrival, Unix ns
+	oob     []byte           // ReadFrom's, used by pion's one reader
 }
 
 type delayed struct {
@@ -698,12 +730,52 @@ type delayed struct {
 }
 
 func newDelayedConn(c *net.UDPConn, d time.Duration) *delayedConn {
-	dc := &delayedConn{UDPConn: c, delay: d, q: make(chan delayed, 4096), done: make(chan struct{})}
+	dc := &delayedConn{UDPConn: c, delay: d, q: make(chan delayed, 4096), done: make(chan struct{}),
+		stamps: map[uint64]int64{}, oob: make([]byte, 128)}
+	if rc, err := c.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) {
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1)
+		})
+	}
 	if d > 0 {
 		dc.wg.Add(1)
 		go dc.run()
 	}
 	return dc
+}
+
+// ReadFrom reads a datagram and notes the kernel's arrival of an RTP one.
+func (c *delayedConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	n, oobn, _, addr, err := c.ReadMsgUDP(b, c.oob)
+	if err != nil || n < 12 || b[0]>>6 != 2 || b[1]&0x7f >= 64 && b[1]&0x7f < 96 {
+		// Not RTP: STUN, DTLS, or RTCP (payload types 64–95 with the
+		// marker bit are RTCP's 192–223).
+		return n, addr, err
+	}
+	msgs, perr := unix.ParseSocketControlMessage(c.oob[:oobn])
+	if perr != nil {
+		return n, addr, err
+	}
+	for _, m := range msgs {
+		if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS && len(m.Data) >= 16 {
+			ts := (*unix.Timespec)(unsafe.Pointer(&m.Data[0]))
+			key := uint64(binary.BigEndian.Uint32(b[8:12]))<<16 | uint64(binary.BigEndian.Uint16(b[2:4]))
+			c.stampMu.Lock()
+			c.stamps[key] = ts.Nano()
+			c.stampMu.Unlock()
+		}
+	}
+	return n, addr, err
+}
+
+// kernelAt returns, and forgets, when the kernel received the packet.
+func (c *delayedConn) kernelAt(ssrc uint32, seq uint16) int64 {
+	key := uint64(ssrc)<<16 | uint64(seq)
+	c.stampMu.Lock()
+	defer c.stampMu.Unlock()
+	at := c.stamps[key]
+	delete(c.stamps, key)
+	return at
 }
 
 func (c *delayedConn) WriteTo(b []byte, addr net.Addr) (int, error) {
