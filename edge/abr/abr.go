@@ -368,6 +368,9 @@ const (
 	// failHoldMax, unless a check shows the link carries more.
 	failHold    = 8 * time.Second
 	failHoldMax = 24 * time.Second
+	// recoverFailHold bounds that hold while the viewer recovers
+	// (recovering): with the backoff, a probe every 3 s or so.
+	recoverFailHold = 3 * time.Second
 	// failShare: a failed probe proves at most this share of its bar.
 	failShare = 0.99
 	// probedSlack: a probe that succeeded climbs to its rung though the

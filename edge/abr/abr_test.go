@@ -978,6 +978,45 @@ func droppedRig(t *testing.T) *rig {
 	return r
 }
 
+// TestRecoveringProbeNotHeld: while the viewer recovers from a drop,
+// neither the long backoff its probes met at the old rung's ceiling nor a
+// failed full probe's hold (failHold) keeps it from noticing that the link
+// came back: it probes within the recovery's backoff, and again within
+// recoverFailHold of a failure.
+func TestRecoveringProbeNotHeld(t *testing.T) {
+	r := droppedRig(t) // its probes for 720p met 480p's ceiling first
+	dropped := r.now
+	// The link comes back to just under 480p's need: the full probe for
+	// it fails (a check would pad above the need, so there is none).
+	r.capacity = 1.12e6
+	for !r.d.Probe.Active {
+		if r.now.Sub(dropped) > 3*time.Second {
+			t.Fatalf("no probe %v after the drop (hold %q)", r.now.Sub(dropped), r.c.Stats().Hold)
+		}
+		r.run(10 * time.Millisecond)
+	}
+	if r.c.probe.check {
+		t.Fatal("the first probe is a check; want the full probe")
+	}
+	for r.d.Probe.Active {
+		r.run(10 * time.Millisecond)
+	}
+	if r.d.Target != "360p" || r.c.Stats().LastProbe == ProbeOK {
+		t.Fatalf("on %s, the probe %s; want it failed, on 360p", r.d.Target, r.c.Stats().LastProbe)
+	}
+	failed := r.now
+	r.capacity = 4e6 // and now all of it
+	for r.d.Target == "360p" {
+		if r.now.Sub(failed) > 4500*time.Millisecond {
+			t.Fatalf("still on 360p %v after the failed probe, the link back (hold %q)", r.now.Sub(failed), r.c.Stats().Hold)
+		}
+		r.run(10 * time.Millisecond)
+	}
+	if r.d.Target != "480p" {
+		t.Errorf("climbed to %s; want 480p", r.d.Target)
+	}
+}
+
 // TestFooledCheckSkipped: behind a token bucket a check passes on the
 // bucket's burst, and the full probe it chains fails. While the viewer
 // recovers, the next attempts are the full probe alone, on the recovery's

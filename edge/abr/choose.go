@@ -106,6 +106,14 @@ func (c *Controller) down(now time.Time, j int, reason string) {
 	}
 	c.downAt = now
 	c.set(now, j, reason)
+	if c.recovering(now) {
+		// A backoff left by probes that met the old rung's ceiling (up
+		// to ceilingBackoff) is not the recovery's: from the rung below,
+		// the link may come back at any moment.
+		if most := now.Add(c.cfg.ProbeBackoffMax); c.nextProbe.After(most) {
+			c.nextProbe = most
+		}
+	}
 }
 
 func (c *Controller) stepUp(now time.Time, loss float64) {

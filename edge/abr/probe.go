@@ -121,7 +121,17 @@ func (c *Controller) probeFailed(now time.Time, why string) {
 			held = min(2*c.failHeld, failHoldMax)
 		}
 		c.failHeld = held
-		c.failIdx, c.failCap, c.failUntil = c.probe.idx, min(got, failShare*c.probe.bar), now.Add(jitter(now, held))
+		wait := jitter(now, held)
+		if c.recovering(now) {
+			// The link may come back at any moment, and this hold, not
+			// the backoff, would decide when the viewer notices: on the
+			// lab's capped source, stepped down twice after the drop,
+			// two failures of the probe for 360p held the viewer on
+			// 240p for the rest of its run, 8 s of it on a link back at
+			// 4 Mbit/s. The doubling goes on for after the recovery.
+			wait = min(wait, recoverFailHold)
+		}
+		c.failIdx, c.failCap, c.failUntil = c.probe.idx, min(got, failShare*c.probe.bar), now.Add(wait)
 	}
 	c.chain = false
 	c.backOff(now)
