@@ -99,7 +99,7 @@ type viewerReport struct {
 	// transport-wide feedback: the median, the 99th percentile and the
 	// longest.
 	ReadLag [3]time.Duration
-	Trace        []pktTrace `json:",omitempty"` // with netemDumpEnv
+	Trace   []pktTrace `json:",omitempty"` // with netemDumpEnv
 }
 
 // frameRec is one video frame as the viewer saw it. Its packets are the
