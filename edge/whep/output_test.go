@@ -186,19 +186,27 @@ func TestPadTrack(t *testing.T) {
 	}
 }
 
-// TestNACKFillsCounted: a viewer's NACK for lost padding is answered with
-// padding and counted as a fill, by the session that reads the NACK; one
-// for media is resent and counted as a retransmission.
-func TestNACKFillsCounted(t *testing.T) {
-	w := &seqTSWriter{}
+// sentKeyframe returns an output that has sent one keyframe packet, hub
+// number 7, as the viewer's first number, through w.
+func sentKeyframe(t *testing.T, w rtpWriter) *output {
+	t.Helper()
 	o := testOutput(w)
-	defer o.close()
 	src := o.hub.NewSource()
 	o.sub = o.hub.Subscribe()
 	src.Write(&media.Packet{SequenceNumber: 7, Marker: true, Keyframe: true, Payload: []byte{0x65, 1}})
 	if _, n, err := o.drain(nil); err != nil || n == 0 {
 		t.Fatalf("drain: %v, %d bytes sent", err, n)
 	}
+	return o
+}
+
+// TestNACKFillsCounted: a viewer's NACK for lost padding is answered with
+// padding and counted as a fill, by the session that reads the NACK; one
+// for media is resent and counted as a retransmission.
+func TestNACKFillsCounted(t *testing.T) {
+	w := &seqTSWriter{}
+	o := sentKeyframe(t, w)
+	defer o.close()
 	o.padding(2 * padCost) // the viewer's numbers 8 and 9 (its first took the media's)
 	counter := func(name string) prometheus.Counter { return prometheus.NewCounter(prometheus.CounterOpts{Name: name}) }
 	s := &session{e: &Endpoint{}, video: o, rc: rtcpCounters{nacks: counter("n"), retransmits: counter("r"), plis: counter("p"),
@@ -231,14 +239,8 @@ func TestNACKFillsCounted(t *testing.T) {
 // first, and the receiver's replay check drops it.
 func TestNACKAnsweredOncePerRoundTrip(t *testing.T) {
 	w := &seqTSWriter{}
-	o := testOutput(w)
+	o := sentKeyframe(t, w)
 	defer o.close()
-	src := o.hub.NewSource()
-	o.sub = o.hub.Subscribe()
-	src.Write(&media.Packet{SequenceNumber: 7, Marker: true, Keyframe: true, Payload: []byte{0x65, 1}})
-	if _, n, err := o.drain(nil); err != nil || n == 0 {
-		t.Fatalf("drain: %v, %d bytes sent", err, n)
-	}
 	o.padding(padCost) // the viewer's number 8
 	o.rtxHold.Store(int64(10 * time.Second))
 	var h rtp.Header
