@@ -216,19 +216,42 @@ func (l *netLink) setRate(kbit int) error {
 		"rate", fmt.Sprintf("%dkbit", kbit), "burst", linkBurst, "limit", linkLimit)
 }
 
-var droppedRE = regexp.MustCompile(`dropped (\d+)`)
+var (
+	droppedRE = regexp.MustCompile(`dropped (\d+)`)
+	sentRE    = regexp.MustCompile(`Sent (\d+) bytes`)
+	backlogRE = regexp.MustCompile(`backlog (\d+)b`)
+)
 
 // drops is how many packets the link's tbf has dropped so far.
 func (l *netLink) drops() (int, error) {
+	q, err := l.stats()
+	return q.dropped, err
+}
+
+// qdiscStats is what the link's tbf has done so far.
+type qdiscStats struct {
+	dropped int // packets
+	sent    int // bytes it put on the link (with their Ethernet headers)
+	backlog int // bytes queued now
+}
+
+func (l *netLink) stats() (qdiscStats, error) {
 	out, err := exec.Command("tc", "-s", "qdisc", "show", "dev", l.host).Output()
 	if err != nil {
-		return 0, err
+		return qdiscStats{}, err
 	}
-	m := droppedRE.FindSubmatch(out)
-	if m == nil {
-		return 0, fmt.Errorf("tc -s qdisc show dev %s: no drop count in %q", l.host, out)
+	var q qdiscStats
+	for _, f := range []struct {
+		re *regexp.Regexp
+		v  *int
+	}{{droppedRE, &q.dropped}, {sentRE, &q.sent}, {backlogRE, &q.backlog}} {
+		m := f.re.FindSubmatch(out)
+		if m == nil {
+			return qdiscStats{}, fmt.Errorf("tc -s qdisc show dev %s: no %s in %q", l.host, f.re, out)
+		}
+		*f.v, _ = strconv.Atoi(string(m[1]))
 	}
-	return strconv.Atoi(string(m[1]))
+	return q, nil
 }
 
 // viewerProc is the child process that runs viewers in the lab.
@@ -601,25 +624,30 @@ func (e *abrEnv) watchHubs() (stop func() []subChange) {
 	}
 }
 
-// dropSample is a link's tbf drop count at a time.
+// dropSample is a link's tbf counts at a time: n packets dropped, the
+// bytes it sent (all told) and the bytes it had queued.
 type dropSample struct {
-	at time.Time
-	n  int
+	at            time.Time
+	n             int
+	sent, backlog int
 }
 
-// watchDrops samples a link's drop count every 100 ms.
+// watchDrops samples a link's tbf counts every 100 ms.
 func watchDrops(l *netLink) (stop func() []dropSample) {
 	var out []dropSample
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
+	sample := func() {
+		if q, err := l.stats(); err == nil {
+			out = append(out, dropSample{time.Now(), q.dropped, q.sent, q.backlog})
+		}
+	}
 	go func() {
 		defer close(done)
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			if n, err := l.drops(); err == nil {
-				out = append(out, dropSample{time.Now(), n})
-			}
+			sample()
 			select {
 			case <-ctx.Done():
 				return
@@ -630,9 +658,7 @@ func watchDrops(l *netLink) (stop func() []dropSample) {
 	return func() []dropSample {
 		cancel()
 		<-done
-		if n, err := l.drops(); err == nil {
-			out = append(out, dropSample{time.Now(), n})
-		}
+		sample()
 		return out
 	}
 }
@@ -1188,7 +1214,7 @@ func TestABRIndependentViewers(t *testing.T) {
 			defer tick.Stop()
 			for {
 				if n, err := l.drops(); err == nil {
-					drops[k] = append(drops[k], dropSample{time.Now(), n})
+					drops[k] = append(drops[k], dropSample{at: time.Now(), n: n})
 				}
 				select {
 				case <-stopDrops:

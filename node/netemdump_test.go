@@ -1,6 +1,7 @@
 package node
 
 import (
+	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -54,10 +55,18 @@ func dumpDrop(t testing.TB, r *linkRun) {
 func dumpWindow(t testing.TB, r *linkRun, from, to time.Time) {
 	in := func(ns int64) bool { return ns >= from.UnixNano() && ns <= to.UnixNano() }
 	rel := func(ns int64) time.Duration { return time.Unix(0, ns).Sub(r.drop).Round(time.Millisecond) }
-	for _, d := range r.drops {
-		if in(d.at.UnixNano()) {
-			t.Logf("    link drops %d at %v", d.n, d.at.Sub(r.drop).Round(time.Millisecond))
+	for i, d := range r.drops {
+		if !in(d.at.UnixNano()) {
+			continue
 		}
+		// What tbf put on the link since the sample before, and what it
+		// holds: whether a slow read of the link is the link's.
+		rate := 0.0
+		if i > 0 {
+			rate = float64(d.sent-r.drops[i-1].sent) * 8 / d.at.Sub(r.drops[i-1].at).Seconds() / 1e6
+		}
+		t.Logf("    link drops %d at %v; sent %.2f Mbit/s since the last sample, %d bytes queued", d.n,
+			d.at.Sub(r.drop).Round(time.Millisecond), rate, d.backlog)
 	}
 	for _, f := range r.view.Frames {
 		if in(f.First) {
@@ -67,6 +76,27 @@ func dumpWindow(t testing.TB, r *linkRun, from, to time.Time) {
 			}
 			t.Logf("    frame ts=%d seq %d-%d key=%v complete=%v width=%d first %v done %v shown %s",
 				f.TS, f.S0, f.S1, f.Key, f.Complete, f.W, rel(f.First), rel(f.Done), shown)
+		}
+	}
+	// What came out of the link, by kind, each 100 ms: bytes as tbf
+	// counts them (with IP, UDP and Ethernet headers).
+	if len(r.view.Wire) > 0 {
+		const bin = 100 * time.Millisecond
+		kinds := []byte{'v', 'a', 'd', 'r', 'o'}
+		for b0 := from; b0.Before(to); b0 = b0.Add(bin) {
+			var bytes [256]int
+			var n [256]int
+			for _, w := range r.view.Wire {
+				if w.At >= b0.UnixNano() && w.At < b0.Add(bin).UnixNano() {
+					bytes[w.K] += w.Size + 42
+					n[w.K]++
+				}
+			}
+			line := ""
+			for _, k := range kinds {
+				line += fmt.Sprintf(" %c %.2f (%d)", k, float64(bytes[k])*8/bin.Seconds()/1e6, n[k])
+			}
+			t.Logf("    link out at %v, Mbit/s (packets):%s", b0.Sub(r.drop).Round(time.Millisecond), line)
 		}
 	}
 	var run []pktTrace

@@ -100,6 +100,7 @@ type viewerReport struct {
 	// longest.
 	ReadLag [3]time.Duration
 	Trace   []pktTrace `json:",omitempty"` // with netemDumpEnv
+	Wire    []wireRec  `json:",omitempty"` // with netemDumpEnv
 }
 
 // frameRec is one video frame as the viewer saw it. Its packets are the
@@ -606,6 +607,17 @@ func (v *netemViewer) report(decode bool) *viewerReport {
 			}
 			rep.Trace = append(rep.Trace, pktTrace{S: s, At: r.at, K: k, L: r.lag})
 		}
+		v.conn.stampMu.Lock()
+		rep.Wire = v.conn.wire
+		v.conn.stampMu.Unlock()
+		for i := range rep.Wire {
+			if w := &rep.Wire[i]; w.K == 'm' {
+				w.K = 'a'
+				if w.ssrc == v.ssrc {
+					w.K = 'v'
+				}
+			}
+		}
 	}
 	rep.Frames = make([]frameRec, len(frames))
 	for i, f := range frames {
@@ -720,7 +732,11 @@ type delayedConn struct {
 
 	stampMu sync.Mutex
 	stamps  map[uint64]int64 // ssrc<<16 | seq → kernel arrival, Unix ns
-	oob     []byte           // ReadFrom's, used by pion's one reader
+	// With the dump (netemDumpEnv), every datagram received, and the RTP
+	// packets seen, by ssrc<<16 | seq.
+	wire []wireRec
+	seen map[uint64]bool
+	oob  []byte // ReadFrom's, used by pion's one reader
 }
 
 type delayed struct {
@@ -732,6 +748,9 @@ type delayed struct {
 func newDelayedConn(c *net.UDPConn, d time.Duration) *delayedConn {
 	dc := &delayedConn{UDPConn: c, delay: d, q: make(chan delayed, 4096), done: make(chan struct{}),
 		stamps: map[uint64]int64{}, oob: make([]byte, 128)}
+	if netemDump() {
+		dc.wire, dc.seen = make([]wireRec, 0, 1<<14), map[uint64]bool{}
+	}
 	if rc, err := c.SyscallConn(); err == nil {
 		rc.Control(func(fd uintptr) {
 			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1)
@@ -747,25 +766,53 @@ func newDelayedConn(c *net.UDPConn, d time.Duration) *delayedConn {
 // ReadFrom reads a datagram and notes the kernel's arrival of an RTP one.
 func (c *delayedConn) ReadFrom(b []byte) (int, net.Addr, error) {
 	n, oobn, _, addr, err := c.ReadMsgUDP(b, c.oob)
-	if err != nil || n < 12 || b[0]>>6 != 2 || b[1]&0x7f >= 64 && b[1]&0x7f < 96 {
-		// Not RTP: STUN, DTLS, or RTCP (payload types 64–95 with the
-		// marker bit are RTCP's 192–223).
+	if err != nil {
 		return n, addr, err
 	}
-	msgs, perr := unix.ParseSocketControlMessage(c.oob[:oobn])
-	if perr != nil {
-		return n, addr, err
-	}
-	for _, m := range msgs {
-		if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS && len(m.Data) >= 16 {
-			ts := (*unix.Timespec)(unsafe.Pointer(&m.Data[0]))
-			key := uint64(binary.BigEndian.Uint32(b[8:12]))<<16 | uint64(binary.BigEndian.Uint16(b[2:4]))
-			c.stampMu.Lock()
-			c.stamps[key] = ts.Nano()
-			c.stampMu.Unlock()
+	var at int64
+	if msgs, perr := unix.ParseSocketControlMessage(c.oob[:oobn]); perr == nil {
+		for _, m := range msgs {
+			if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS && len(m.Data) >= 16 {
+				at = (*unix.Timespec)(unsafe.Pointer(&m.Data[0])).Nano()
+			}
 		}
 	}
+	// RTP: version 2, and not RTCP (payload types 64–95 with the marker
+	// bit are RTCP's 192–223). The rest is RTCP, STUN or DTLS.
+	rtp := n >= 12 && b[0]>>6 == 2 && !(b[1]&0x7f >= 64 && b[1]&0x7f < 96)
+	var key uint64
+	if rtp {
+		key = uint64(binary.BigEndian.Uint32(b[8:12]))<<16 | uint64(binary.BigEndian.Uint16(b[2:4]))
+	}
+	c.stampMu.Lock()
+	if rtp && at > 0 {
+		c.stamps[key] = at
+	}
+	if c.wire != nil {
+		w := wireRec{At: at, Size: n, K: 'o'}
+		if rtp {
+			w.K, w.ssrc = 'm', uint32(key>>16)
+			if c.seen[key] {
+				w.K = 'd'
+			}
+			c.seen[key] = true
+		} else if n >= 8 && b[0]>>6 == 2 {
+			w.K = 'r'
+		}
+		c.wire = append(c.wire, w)
+	}
+	c.stampMu.Unlock()
 	return n, addr, err
+}
+
+// wireRec is one datagram the viewer's socket received (with the dump).
+type wireRec struct {
+	At   int64 // the kernel's arrival, Unix ns
+	Size int   // its UDP payload
+	// K is 'v' video, 'a' audio, 'd' an RTP packet received before (the
+	// receiver's replay check drops it), 'r' RTCP, 'o' STUN or DTLS.
+	K    byte
+	ssrc uint32 // an RTP packet's, until report sorts video from audio
 }
 
 // kernelAt returns, and forgets, when the kernel received the packet.

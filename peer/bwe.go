@@ -261,6 +261,10 @@ func (b *BWE) Stats() BWEStats {
 // clocks, and a clock read is ~70 ns on a KVM guest (kvm-clock).
 func micros(d time.Duration) uint64 { return uint64(d/time.Microsecond) & timeMask }
 
+// AckDelay is, at the last feedback, how long ago the newest packet it
+// acknowledged was sent (BWEStats.AckDelay), without the rest of Stats.
+func (b *BWE) AckDelay() time.Duration { return time.Duration(b.ackDelay.Load()) }
+
 // Record remembers a packet leaving with transport-wide sequence number seq.
 func (b *BWE) Record(seq uint16, size int) {
 	b.ring[seq&ringMask].Store(uint64(seq) | uint64(min(size, 0xffff))<<16 | slotSent<<32 | micros(time.Since(b.start))<<34)

@@ -263,6 +263,39 @@ func TestNACKAnsweredOncePerRoundTrip(t *testing.T) {
 	ask("after the round trip", true, true)
 }
 
+// delayBWE is an estimator whose feedback takes delay to come back.
+type delayBWE struct{ delay time.Duration }
+
+func (delayBWE) TargetBitrate() int         { return 1e6 }
+func (b *delayBWE) AckDelay() time.Duration { return b.delay }
+
+// TestRepairHoldFollowsFeedback: each tick, a repaired number is held for
+// the feedback's current delay (within 20–500 ms), on video and audio
+// alike: a queue that builds in a tenth of a second must not meet the
+// hold of the link before it.
+func TestRepairHoldFollowsFeedback(t *testing.T) {
+	b := &delayBWE{delay: 60 * time.Millisecond}
+	s := &session{bwe: b, video: testOutput(discardWriter{}), audio: testOutput(discardWriter{})}
+	defer s.video.close()
+	defer s.audio.close()
+	a := &viewerABR{}
+	now := time.Now()
+	for i, want := range []struct{ delay, hold time.Duration }{
+		{60 * time.Millisecond, 60 * time.Millisecond},
+		{310 * time.Millisecond, 310 * time.Millisecond}, // the next tick: a queue built
+		{time.Millisecond, 20 * time.Millisecond},
+		{2 * time.Second, 500 * time.Millisecond},
+	} {
+		b.delay = want.delay
+		a.tick(now.Add(time.Duration(i)*abrTick), s)
+		for name, o := range map[string]*output{"video": s.video, "audio": s.audio} {
+			if got := time.Duration(o.rtxHold.Load()); got != want.hold {
+				t.Errorf("feedback delayed %v: %s repairs held %v, want %v", want.delay, name, got, want.hold)
+			}
+		}
+	}
+}
+
 // TestOverheadsAgree: the controller counts each packet's IP, UDP and SRTP
 // bytes as the BWE's link samples do (abr stays free of peer's imports,
 // so each has its constant).
