@@ -134,6 +134,9 @@ type LinkSample struct {
 	// delay (receive time less send time, on two clocks) above the smallest
 	// seen over the last 10 s or so.
 	MinQueue time.Duration
+	// LastQueue is the queueing delay of the packet received last: the
+	// queue as it stood most lately, where it still grows.
+	LastQueue time.Duration
 	// BusyWire and BusySpan count the packets that reached the bottleneck
 	// while the one sent before them was still there (its queueing delay
 	// exceeded the time between their sends): the link served the two
@@ -152,6 +155,9 @@ type linkAcc struct {
 	packets, bytes, wire int
 	spanUs               int64
 	minQueueUs           int64
+	// lastQueueUs is the queueing delay of the packet received last, and
+	// lastQueueRecv its receive time.
+	lastQueueUs, lastQueueRecv int64
 	// lastRecvUs is the newest receive time seen (µs on the receiver's
 	// clock, from its reference time); haveRecv says whether there is one.
 	lastRecvUs int64
@@ -194,6 +200,7 @@ func (b *BWE) TakeLinkSample() LinkSample {
 		BusyWire: a.busyWire, BusySpan: time.Duration(a.busySpanUs) * time.Microsecond}
 	if a.packets > 0 {
 		s.MinQueue = time.Duration(a.minQueueUs) * time.Microsecond
+		s.LastQueue = time.Duration(a.lastQueueUs) * time.Microsecond
 	}
 	a.packets, a.bytes, a.wire, a.spanUs, a.busyWire, a.busySpanUs = 0, 0, 0, 0, 0, 0
 	return s
@@ -422,6 +429,9 @@ func (a *linkAcc) add(recv, dep int64, size int) {
 	}
 	a.baseCur = min(a.baseCur, owd)
 	q := max(owd-min(a.baseCur, a.basePrev), 0)
+	if a.packets == 0 || recv >= a.lastQueueRecv {
+		a.lastQueueUs, a.lastQueueRecv = q, recv
+	}
 	if a.packets == 0 || q < a.minQueueUs {
 		a.minQueueUs = q
 	}

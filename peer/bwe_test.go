@@ -287,7 +287,8 @@ func TestBWELinkSample(t *testing.T) {
 	}
 	b.ReadRTCP(time.Now(), feedback(0, 10, func(i int) int64 { return 1_000_000 + int64(i)*1000 }))
 	s := b.TakeLinkSample()
-	if s.Packets != 10 || s.MinQueue > time.Millisecond || s.Bytes != 9*size || s.Span < 8*time.Millisecond || s.Span > 10*time.Millisecond {
+	if s.Packets != 10 || s.MinQueue > time.Millisecond || s.LastQueue > 10*time.Millisecond || s.Bytes != 9*size ||
+		s.Span < 8*time.Millisecond || s.Span > 10*time.Millisecond {
 		t.Errorf("no queue: %+v", s)
 	}
 	// Sent together, received 1 ms apart: from the third on, each came
@@ -305,6 +306,11 @@ func TestBWELinkSample(t *testing.T) {
 	if s.Packets != 10 || s.MinQueue < 85*time.Millisecond || s.MinQueue > 100*time.Millisecond ||
 		s.Bytes != 10*size || s.Span < 175*time.Millisecond || s.Span > 185*time.Millisecond {
 		t.Errorf("queued: %+v", s)
+	}
+	// The queue grew through the sample: the newest packet waited 90 ms
+	// more than the first.
+	if s.LastQueue < 175*time.Millisecond || s.LastQueue > 190*time.Millisecond {
+		t.Errorf("the newest packet's queue: %v, want about 181ms", s.LastQueue)
 	}
 	// All twenty went out together, so each of these reached the link
 	// while the one before it (the ninth had waited 9 ms) was still

@@ -112,6 +112,10 @@ type viewerABR struct {
 	hold   string
 	holdAt time.Time
 	probeN int // its number (abr.Stats.Probes)
+	// queue and queueAt: the queueing delay of the newest packet of the
+	// last link sample, and when it came (the drain hold in apply).
+	queue   time.Duration
+	queueAt time.Time
 }
 
 // estimator is the viewer's send-side bandwidth estimate (GCC), when the
@@ -272,6 +276,7 @@ func (a *viewerABR) tick(now time.Time, s *session) bool {
 	}
 	if ls, ok := s.bwe.(linkSampler); ok {
 		if l := ls.TakeLinkSample(); l.Packets > 0 {
+			a.queue, a.queueAt = l.LastQueue, now
 			a.ctl.OnLinkSample(now, abr.LinkSample{MinQueue: l.MinQueue, Bytes: l.Bytes, WireBytes: l.WireBytes, Span: l.Span,
 				BusyWire: l.BusyWire, BusySpan: l.BusySpan})
 			if !a.probeAt.IsZero() || l.MinQueue >= time.Millisecond || l.BusySpan >= 10*time.Millisecond {
@@ -348,11 +353,33 @@ func (a *viewerABR) apply(now time.Time, d abr.Decision, s *session) {
 		// rung's keyframe back by as long as it takes to drain.
 		congested := d.Saturated || d.Reason == abr.ReasonEstimateDrop || d.Reason == abr.ReasonLoss
 		v.skipOld = down && congested && v.next != nil
+		if v.skipOld {
+			v.holdUntil = now.Add(a.drainHold(now))
+		}
 		a.reason = d.Reason
 		s.log.Debug("switch decided", "from", v.name, "to", r.Name, "reason", d.Reason, "estimate", int64(d.Estimate),
 			"capacity", int64(d.Capacity), "saturated", d.Saturated, "keyframe_asked", ask != "")
 	}
 }
+
+// drainHold is how long a down-switch for congestion holds the new rung's
+// first packets while the old rung's queue drains. Sent at once, they
+// join the same queue behind it and arrive no sooner; but into a queue
+// still full they are what a tail-drop link drops, and a lost keyframe is
+// a freeze until its repair comes back through that queue (0.5–0.8 s on
+// the lab's capped source). The hold is the queue the
+// newest acknowledged packet met, which still grows at the decision, so
+// the link does not idle for it; none if no link sample came lately.
+func (a *viewerABR) drainHold(now time.Time) time.Duration {
+	if a.queueAt.IsZero() || now.Sub(a.queueAt) > 2*abrTick {
+		return 0
+	}
+	return min(a.queue, maxDrainHold)
+}
+
+// maxDrainHold bounds drainHold: a queue longer than this is a link
+// behind more than a down-switch can mend at once.
+const maxDrainHold = 300 * time.Millisecond
 
 // keyframeAsk tells whether a switch to hub asks the source for an early
 // keyframe (coalesced per stream by the hub, one a second at most) rather

@@ -172,7 +172,9 @@ type output struct {
 	// carry them (the frames already in its queue still show, and the
 	// new keyframe follows them sooner). lastMarker is whether the last
 	// packet sent ended a frame.
-	skipOld    bool
+	skipOld bool
+	// holdUntil: no video goes before it (viewerABR.apply's drain hold).
+	holdUntil  time.Time
 	lastMarker bool
 	// srTS is the viewer timestamp of the latest frame sent, and srAt
 	// when its first packet reached the hub.

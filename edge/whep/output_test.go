@@ -296,6 +296,49 @@ func TestRepairHoldFollowsFeedback(t *testing.T) {
 	}
 }
 
+// TestVideoHeldWhileQueueDrains: no video goes before the drain hold a
+// congestion down-switch set ends; audio is not held.
+func TestVideoHeldWhileQueueDrains(t *testing.T) {
+	vw, aw := &captureWriter{}, &captureWriter{}
+	s := &session{video: testOutput(vw), audio: testOutput(aw)}
+	s.abr.firstFrame = true
+	for _, o := range []*output{s.video, s.audio} {
+		defer o.close()
+		o.sub = o.hub.Subscribe()
+		o.hub.NewSource().Write(&media.Packet{SequenceNumber: 7, Marker: true, Keyframe: true, Payload: []byte{0x65, 1}})
+	}
+	var w writer
+	s.video.holdUntil = time.Now().Add(time.Hour)
+	if !s.serve(&w) || len(vw.seqs) != 0 || len(aw.seqs) != 1 {
+		t.Fatalf("during the hold: %d video and %d audio packets sent, want 0 and 1", len(vw.seqs), len(aw.seqs))
+	}
+	s.video.holdUntil = time.Time{}
+	if !s.serve(&w) || len(vw.seqs) != 1 {
+		t.Fatalf("after the hold: %d video packets sent, want 1", len(vw.seqs))
+	}
+}
+
+// TestDrainHold: the hold is the queue the last link sample's newest
+// packet met, up to maxDrainHold, and none once that sample is stale.
+func TestDrainHold(t *testing.T) {
+	now := time.Now()
+	for _, c := range []struct {
+		queue, age, want time.Duration
+	}{
+		{180 * time.Millisecond, 50 * time.Millisecond, 180 * time.Millisecond},
+		{2 * time.Second, 0, maxDrainHold},
+		{180 * time.Millisecond, time.Second, 0},
+	} {
+		a := &viewerABR{queue: c.queue, queueAt: now.Add(-c.age)}
+		if got := a.drainHold(now); got != c.want {
+			t.Errorf("queue %v, sampled %v ago: hold %v, want %v", c.queue, c.age, got, c.want)
+		}
+	}
+	if got := (&viewerABR{}).drainHold(now); got != 0 {
+		t.Errorf("no sample: hold %v", got)
+	}
+}
+
 // TestOverheadsAgree: the controller counts each packet's IP, UDP and SRTP
 // bytes as the BWE's link samples do (abr stays free of peer's imports,
 // so each has its constant).

@@ -675,7 +675,7 @@ func (s *session) serve(w *writer) bool {
 		s.log.Info("stream ended")
 		return false
 	}
-	if v := s.video; v != nil {
+	if v := s.video; v != nil && !time.Now().Before(v.holdUntil) {
 		if v.sub != nil && v.sub.Closed() {
 			// The rung's hub closed: the ladder was re-planned, or the
 			// stream ended. Move to what the ladder has now.
