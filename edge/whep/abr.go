@@ -367,9 +367,9 @@ func (a *viewerABR) apply(now time.Time, d abr.Decision, s *session) {
 // join the same queue behind it and arrive no sooner; but into a queue
 // still full they are what a tail-drop link drops, and a lost keyframe is
 // a freeze until its repair comes back through that queue (0.5–0.8 s on
-// the lab's capped source). The hold is the queue the
-// newest acknowledged packet met, which still grows at the decision, so
-// the link does not idle for it; none if no link sample came lately.
+// the lab's capped source). The hold is the queue the newest acknowledged
+// packet met, which still grows at the decision, so the link does not
+// idle for it; none if no link sample came lately.
 func (a *viewerABR) drainHold(now time.Time) time.Duration {
 	if a.queueAt.IsZero() || now.Sub(a.queueAt) > 2*abrTick {
 		return 0
