@@ -810,7 +810,8 @@ type wireRec struct {
 	At   int64 // the kernel's arrival, Unix ns
 	Size int   // its UDP payload
 	// K is 'v' video, 'a' audio, 'd' an RTP packet received before (the
-	// receiver's replay check drops it), 'r' RTCP, 'o' STUN or DTLS.
+	// receiver's replay check drops it), 'r' RTCP, 'o' STUN or DTLS; 'm'
+	// is RTP as the socket logs it, until report tells video by its SSRC.
 	K    byte
 	ssrc uint32 // an RTP packet's, until report sorts video from audio
 }

@@ -266,7 +266,7 @@ func TestNACKAnsweredOncePerRoundTrip(t *testing.T) {
 // delayBWE is an estimator whose feedback takes delay to come back.
 type delayBWE struct{ delay time.Duration }
 
-func (delayBWE) TargetBitrate() int         { return 1e6 }
+func (*delayBWE) TargetBitrate() int        { return 1e6 }
 func (b *delayBWE) AckDelay() time.Duration { return b.delay }
 
 // TestRepairHoldFollowsFeedback: each tick, a repaired number is held for
